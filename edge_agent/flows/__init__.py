@@ -1,0 +1,1 @@
+"""Flows, TCP reassembly and transactions."""

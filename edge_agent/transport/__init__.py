@@ -1,0 +1,1 @@
+"""Where documents go: the local spool (and MQTT, issue 4)."""
