@@ -234,7 +234,7 @@ def _diagnostics(adu: bytes, off: int, end: int, f: Fields, req: Fields | None,
     sub = f["sub_func_code"] = _H.unpack_from(adu, off)[0]
     f["sub_func"] = MODBUS_DIAG_SUBFUNCS.get(sub, "unknown")
     # 6.8.1: return_query_data echoes N x 2 bytes, every other sub-function carries 2 bytes.
-    if (n - 2) & 1 if sub == 0 else n != 4:
+    if (n & 1) if sub == 0 else n != 4:
         an.append(A_LENGTH)
     f["data"] = _hex(adu, off + 2, end)
 
@@ -327,11 +327,12 @@ def _resp_read_file(adu: bytes, off: int, end: int, f: Fields, req: Fields | Non
     records = []
     p, stop = off + 1, off + 1 + avail
     while p < stop:
-        sub_len = adu[p]          # reference type + record data
-        if sub_len < 1 or p + 1 + sub_len > stop or not sub_len & 1:
+        sub_len = adu[p]          # reference type + N x 2 bytes of record data
+        if sub_len < 1 or p + 2 > stop:
             an.append(A_LENGTH)
-            if sub_len < 1 or p + 2 > stop:
-                break
+            break
+        if p + 1 + sub_len > stop or not sub_len & 1:
+            an.append(A_LENGTH)
             sub_len = min(sub_len, stop - p - 1)
         ref = adu[p + 1]
         if ref != MODBUS_FILE_REF_TYPE:

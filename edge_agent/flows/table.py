@@ -239,6 +239,10 @@ class FlowTable:
     def _emit(self, flow: Flow, msg: Message, from_client: bool, now: float,
               out: list[MessageEvent]) -> None:
         if msg.kind:
+            if not flow.messages:
+                # A decoder may carry several protocols (ISO-on-TCP: S7comm or MMS); the
+                # flow is named after what it actually carries.
+                flow.proto = msg.proto
             flow.messages += 1
             flow.w_msgs += 1
             flow.add_history(msg.kind, self.limits.max_history)
