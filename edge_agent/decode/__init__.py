@@ -38,6 +38,16 @@ class Message:
     # Short name of what the message does ("read_holding_registers"), used for flow
     # histories and function mixes; empty for messages that carry no function.
     kind: str = ""
+    # What the message reveals about its *sender's* identity, for the asset inventory, in
+    # the vocabulary of IDENTITY_KEYS; None when it reveals nothing.
+    identity: dict[str, Any] | None = None
+
+
+# Identity attributes the inventory understands (ICSNPP's identity logs use the same ideas).
+IDENTITY_KEYS = frozenset({
+    "vendor", "vendor_id", "product", "product_code", "model", "order_number", "serial",
+    "firmware", "hardware", "device_type", "name", "location", "description",
+})
 
 
 @dataclass(frozen=True, slots=True)
