@@ -114,8 +114,10 @@ class Pipeline:
                 hook(ev)
 
     def tick(self, now: float) -> None:
-        """Time passes without packets (live capture on a quiet link)."""
-        if self.window.start is not None and now >= self.window.end:
+        """Time passes without packets (live capture on a quiet link): silence is reported too."""
+        if self.window.start is None:
+            self.window.open_at(now)
+        elif now >= self.window.end:
             self._roll(now)
 
     def _roll(self, now: float) -> None:

@@ -21,6 +21,13 @@ from edge_agent.decode.link import SUPPORTED_LINKTYPES
 log = logging.getLogger(__name__)
 
 TICK = -1                     # linktype of an idle tick from a live source
+# pcap_activate() status codes (pcap/pcap.h); pcapy-ng returns them instead of raising.
+PCAP_ACTIVATE_ERRORS = {
+    -1: "generic error", -4: "monitor mode not supported", -5: "no such device",
+    -6: "no permission for promiscuous mode",
+    -7: "cannot set the timestamp type",
+    -8: "permission denied (run as root or with CAP_NET_RAW)", -9: "interface is not up",
+}
 BATCH = 256                   # packets per call into libpcap (amortises the C boundary)
 _META = struct.Struct("=IIII")  # pcapy-ng next_batch record: sec, usec, offset, caplen
 
@@ -155,7 +162,13 @@ class LiveSource:
             cap.set_promisc(1 if promiscuous else 0)
             cap.set_timeout(int(tick * 1000))
             cap.set_buffer_size(buffer_mib * 1024 * 1024)
-            cap.activate()
+            status = cap.activate()
+            if status and status < 0:
+                raise CaptureError(f"{interface}: "
+                                   f"{PCAP_ACTIVATE_ERRORS.get(status, f'pcap_activate error {status}')}")
+            if status and status > 0:
+                log.warning("%s: pcap_activate warning %d (e.g. promiscuous mode not supported)",
+                            interface, status)
             if bpf:
                 cap.setfilter(bpf)
             cap.setnonblock(1)
@@ -188,18 +201,28 @@ class LiveSource:
                 continue
             got = 0
             if ready:
-                try:
-                    blob, meta = self.cap.next_batch(BATCH)
-                except pcapy.PcapError as exc:
-                    raise CaptureError(f"{self.interface}: {exc}") from None
-                for sec, usec, off, caplen in _META.iter_unpack(meta):
+                for pkt in self._batch(supported):
                     got += 1
-                    if not supported:
-                        self.stats.skipped_linktype += 1
-                        continue
-                    self.stats.received += 1
-                    yield sec + usec * 1e-6, self.linktype, blob[off:off + caplen]
+                    yield pkt
             now = self.clock()
             if not got or now - last >= self.tick:
                 last = now
                 yield now, TICK, b""
+        # What the kernel already holds was seen before the stop: deliver it, do not lose it.
+        while True:
+            batch = list(self._batch(supported))
+            if not batch:
+                return
+            yield from batch
+
+    def _batch(self, supported: bool) -> Iterator[Packet]:
+        try:
+            blob, meta = self.cap.next_batch(BATCH)
+        except pcapy.PcapError as exc:
+            raise CaptureError(f"{self.interface}: {exc}") from None
+        for sec, usec, off, caplen in _META.iter_unpack(meta):
+            if not supported:
+                self.stats.skipped_linktype += 1
+                continue
+            self.stats.received += 1
+            yield sec + usec * 1e-6, self.linktype, blob[off:off + caplen]

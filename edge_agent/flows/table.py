@@ -2,8 +2,8 @@
 
 A flow is one conversation (TCP or UDP 5-tuple, or source MAC + destination MAC + ethertype for
 protocols straight on Ethernet). The table picks the decoder by well-known port, or by probing
-the first payloads on other ports, orients the flow (client = the side that sent SYN, else the
-side talking *to* the well-known port), reassembles TCP per direction and feeds PDUs to the
+the first payloads on other ports, orients the flow (client = the side talking *to* the
+well-known port; where ports cannot tell, the side that sent SYN), reassembles TCP per direction and feeds PDUs to the
 decoder's per-flow session.
 
 Bounds (``[limits]``): ``max_flows`` flows, least recently active evicted first; flows idle past
@@ -158,8 +158,11 @@ class FlowTable:
         dec, src_is_server = self.registry.for_port(p.transport, p.sport, p.dport)
         if p.transport == "ether":
             dec, src_is_server = self.registry.ether.get(p.dport), False
-        elif p.transport == "tcp" and p.flags & TCP_SYN:
-            # SYN says who the client is; SYN-ACK says who the server is.
+        elif p.transport == "tcp" and p.flags & TCP_SYN and (
+                dec is None or (p.sport in self.registry.tcp and p.dport in self.registry.tcp)):
+            # Without a well-known port to go by (none, or both ends on one), SYN says who
+            # the client is and SYN-ACK who the server is. A device that opens a connection
+            # *from* port 502 still speaks as the server, as tshark and Zeek read it.
             src_is_server = bool(p.flags & TCP_ACK)
         if src_is_server:
             flow = Flow(p.transport, p.dst, p.dport, p.src, p.sport, now)
