@@ -54,8 +54,8 @@ class SummaryStore:
         doc = {"agent_id": self.agent_id, "site": self.site, "seq": seq,
                "agent_version": __version__, **body,
                "dropped_seqs": self.spool.pending_dropped()}
-        self.spool.append(seq, "summary", body["window"]["start"],
-                          json.dumps(doc, separators=(",", ":"), sort_keys=False))
+        self.spool.append("summary", body["window"]["start"],
+                          json.dumps(doc, separators=(",", ":")), seq=seq)
         return seq
 
 

@@ -74,6 +74,26 @@ def _agent_id(value: str) -> str | None:
     return None
 
 
+def _mqtt_url(value: str) -> str | None:
+    if not value:
+        return None
+    from urllib.parse import urlsplit
+    try:
+        url = urlsplit(value)
+        port = url.port
+    except ValueError as exc:
+        return f"not a valid URL: {exc}"
+    if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
+        return "must look like mqtt://HOST[:PORT] or mqtts://HOST[:PORT]"
+    return None if port is None or 0 < port < 65536 else "port out of range"
+
+
+def _topic_prefix(value: str) -> str | None:
+    if not value or any(c in value for c in "#+\0") or value.startswith("$") or value.endswith("/"):
+        return "must be a non-empty MQTT topic without wildcards, a leading '$' or a trailing '/'"
+    return None
+
+
 MIB = 1024 * 1024
 SCHEMA: dict[str, dict[str, Key]] = {
     "agent": {
@@ -104,6 +124,21 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "summary": {
         "window_s": Key(float, 60.0, 1, 86_400),
+    },
+    "mqtt": {
+        "url": Key(str, "", check=_mqtt_url),
+        "topic_prefix": Key(str, "edge-agent", check=_topic_prefix),
+        "protocol": Key(str, "5", choices=("5", "3.1.1")),
+        "ca_file": Key(str, ""),
+        "cert_file": Key(str, ""),
+        "key_file": Key(str, ""),
+        "username": Key(str, ""),
+        "password_file": Key(str, ""),
+        "keepalive_s": Key(int, 30, 5, 3600),
+        "reconnect_min_s": Key(float, 1.0, 0.1, 3600),
+        "reconnect_max_s": Key(float, 120.0, 1, 86_400),
+        "max_inflight": Key(int, 20, 1, 1000),
+        "alert_severity": Key(str, "high", choices=("low", "medium", "high", "critical")),
     },
     "spool": {
         "max_bytes": Key(int, 256 * MIB, MIB, 1 << 40),

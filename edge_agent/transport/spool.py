@@ -1,10 +1,15 @@
-"""The local spool: every summary the agent writes, durable, in order, bounded in bytes.
+"""The spool: every document the agent emits, durable, in order, bounded in bytes.
 
-SQLite in WAL mode: one transaction per document, so a SIGKILL or power cut at any moment
-leaves either the whole document or none of it, never a torn or doubled one. Sequence numbers
-come from the spool itself and so survive restarts. When the spool would pass ``max_bytes`` the
-oldest documents are dropped, counted, and their sequence numbers remembered until the next
-document can report them.
+It is also the outbox. A document is written once, with ``published = 0``; the MQTT transport
+reads unpublished documents in order and marks them only once the broker has acknowledged them,
+and an air-gapped gateway exports from the same table. One table instead of a spool plus an
+outbox writes each document once, which matters on an SD card.
+
+SQLite in WAL mode, one transaction per document, so a SIGKILL or power cut at any moment
+leaves either the whole document or none of it, never a torn or doubled one. Summary sequence
+numbers are kept here and so survive restarts. When the spool would pass ``max_bytes`` the
+oldest documents are dropped (published or not), counted, and the dropped summary numbers are
+remembered until the next summary reports them.
 """
 from __future__ import annotations
 
@@ -16,11 +21,14 @@ from typing import Iterator
 SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
-    seq INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     kind TEXT NOT NULL,
+    seq INTEGER,
     ts REAL NOT NULL,
-    doc TEXT NOT NULL
+    doc TEXT NOT NULL,
+    published INTEGER NOT NULL DEFAULT 0
 );
+CREATE INDEX IF NOT EXISTS documents_unpublished ON documents (published, id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -30,9 +38,11 @@ class Spool:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
-        self.db = sqlite3.connect(self.path, isolation_level=None)
+        # The MQTT thread reads and acknowledges through its own connection to this file.
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(f"PRAGMA synchronous={'FULL' if fsync == 'window' else 'NORMAL'}")
+        self.db.execute("PRAGMA busy_timeout=5000")
         with self.db:
             self.db.executescript(_SCHEMA)
             version = self._meta("schema_version")
@@ -40,6 +50,8 @@ class Spool:
                 self._set_meta("schema_version", SCHEMA_VERSION)
             elif int(version) > SCHEMA_VERSION:
                 raise RuntimeError(f"{self.path}: schema {version} is newer than this agent's")
+        self._size = int(self.db.execute(
+            "SELECT coalesce(sum(length(doc)), 0) FROM documents").fetchone()[0])
 
     def _meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
@@ -48,65 +60,85 @@ class Spool:
     def _set_meta(self, key: str, value: object) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, str(value)))
 
+    def meta(self, key: str, default: str | None = None) -> str | None:
+        value = self._meta(key)
+        return default if value is None else value
+
     def next_seq(self) -> int:
-        """The sequence number the next document gets (1 for a new spool)."""
-        row = self.db.execute("SELECT max(seq) FROM documents").fetchone()
-        last = max(row[0] or 0, int(self._meta("last_seq") or 0))
-        return last + 1
+        """The sequence number the next summary gets (1 for a new spool)."""
+        return int(self._meta("last_seq") or 0) + 1
 
-    def append(self, seq: int, kind: str, ts: float, doc: str) -> list[int]:
-        """Store one document atomically; return the sequence numbers dropped to fit it.
+    def append(self, kind: str, ts: float, doc: str, seq: int | None = None,
+               meta: dict[str, object] | None = None) -> list[int]:
+        """Store one document atomically; return the summary numbers dropped to fit it.
 
-        The document is expected to carry :meth:`pending_dropped`; storing it clears that list
-        in the same transaction, so a crash can neither lose nor repeat the report.
+        A summary (``seq`` given) is expected to carry :meth:`pending_dropped`; storing it
+        clears that list in the same transaction, so a crash can neither lose nor repeat the
+        report. ``meta`` entries (a chain head, say) are stored in the same transaction.
         """
         dropped: list[int] = []
         self.db.execute("BEGIN IMMEDIATE")
         try:
-            self.db.execute("INSERT INTO documents VALUES (?, ?, ?, ?)", (seq, kind, ts, doc))
-            self._set_meta("last_seq", seq)
-            size = self.size_bytes()
+            new_id = self.db.execute(
+                "INSERT INTO documents (kind, seq, ts, doc) VALUES (?, ?, ?, ?)",
+                (kind, seq, ts, doc)).lastrowid
+            size = self._size + len(doc)
             while size > self.max_bytes:
-                row = self.db.execute(
-                    "SELECT seq, length(doc) FROM documents WHERE seq < ? ORDER BY seq LIMIT 1",
-                    (seq,)).fetchone()
-                if row is None:
-                    break
-                self.db.execute("DELETE FROM documents WHERE seq=?", (row[0],))
-                dropped.append(row[0])
-                size -= row[1]
+                row = self.db.execute("SELECT id, seq, length(doc) FROM documents "
+                                      "ORDER BY id LIMIT 1").fetchone()
+                if row[0] == new_id:
+                    break            # never drop the document just stored
+                self.db.execute("DELETE FROM documents WHERE id=?", (row[0],))
+                if row[1] is not None:
+                    dropped.append(row[1])
+                size -= row[2]
+                self._set_meta("dropped_total", int(self._meta("dropped_total") or 0) + 1)
+            pending = [] if seq is not None else self.pending_dropped()
             # Bounded so a spool far too small cannot grow this list without end.
-            self._set_meta("dropped_unreported", json.dumps(dropped[-10_000:]))
-            if dropped:
-                self._set_meta("dropped_total",
-                               int(self._meta("dropped_total") or 0) + len(dropped))
+            self._set_meta("dropped_unreported", json.dumps((pending + dropped)[-10_000:]))
+            if seq is not None:
+                self._set_meta("last_seq", seq)
+            for key, value in (meta or {}).items():
+                self._set_meta(key, value)
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
+        self._size = size
         return dropped
 
     def pending_dropped(self) -> list[int]:
-        """Sequence numbers dropped and not yet reported in a stored document."""
+        """Summary numbers dropped and not yet reported in a stored summary."""
         return json.loads(self._meta("dropped_unreported") or "[]")
 
-    def size_bytes(self) -> int:
-        row = self.db.execute("SELECT coalesce(sum(length(doc)), 0) FROM documents").fetchone()
-        return int(row[0])
+    def unpublished(self, limit: int = 100) -> list[tuple[int, str, str]]:
+        """The oldest documents not yet acknowledged by the broker: ``(id, kind, doc)``."""
+        return self.db.execute("SELECT id, kind, doc FROM documents WHERE published = 0 "
+                               "ORDER BY id LIMIT ?", (limit,)).fetchall()
 
-    def count(self) -> int:
-        return int(self.db.execute("SELECT count(*) FROM documents").fetchone()[0])
+    def mark_published(self, ids: list[int]) -> None:
+        with self.db:
+            self.db.executemany("UPDATE documents SET published = 1 WHERE id = ?",
+                                [(i,) for i in ids])
+
+    def size_bytes(self) -> int:
+        return self._size
+
+    def count(self, unpublished: bool = False) -> int:
+        query = "SELECT count(*) FROM documents" + (" WHERE published = 0" if unpublished else "")
+        return int(self.db.execute(query).fetchone()[0])
 
     def dropped_total(self) -> int:
         return int(self._meta("dropped_total") or 0)
 
     def documents(self, since: int = 0, kind: str | None = None) -> Iterator[tuple[int, str]]:
-        query = "SELECT seq, doc FROM documents WHERE seq > ?"
-        args: tuple = (since,)
-        if kind:
-            query += " AND kind = ?"
-            args += (kind,)
-        yield from self.db.execute(query + " ORDER BY seq", args)
+        """``(seq, doc)`` of summaries after ``since`` or, with ``kind``, ``(id, doc)`` of that kind."""
+        if kind is None or kind == "summary":
+            yield from self.db.execute("SELECT seq, doc FROM documents WHERE kind = 'summary' "
+                                       "AND seq > ? ORDER BY seq", (since,))
+        else:
+            yield from self.db.execute("SELECT id, doc FROM documents WHERE kind = ? AND id > ? "
+                                       "ORDER BY id", (kind, since))
 
     def close(self) -> None:
         self.db.close()

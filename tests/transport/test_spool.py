@@ -17,7 +17,7 @@ spool = Spool(sys.argv[1], max_bytes=1 << 30, fsync="window")
 first = spool.next_seq()
 while True:
     seq = spool.next_seq()
-    spool.append(seq, "summary", float(seq), json.dumps({"seq": seq, "pad": "x" * 2000}))
+    spool.append("summary", float(seq), json.dumps({"seq": seq, "pad": "x" * 2000}), seq=seq)
     if seq == first + 2:
         print("ready", flush=True)
 """
@@ -27,8 +27,8 @@ def test_sequence_continues_across_reopen(tmp_path) -> None:
     path = tmp_path / "spool.sqlite"
     s = Spool(path)
     assert s.next_seq() == 1
-    s.append(1, "summary", 0.0, "{}")
-    s.append(2, "summary", 60.0, "{}")
+    s.append("summary", 0.0, "{}", seq=1)
+    s.append("summary", 60.0, "{}", seq=2)
     s.close()
     s = Spool(path)
     assert s.next_seq() == 3 and [seq for seq, _ in s.documents()] == [1, 2]
@@ -40,11 +40,28 @@ def test_full_spool_drops_oldest_and_reports_them_once(tmp_path) -> None:
     dropped = []
     for seq in range(1, 8):
         assert s.pending_dropped() == dropped          # what the next document must report
-        dropped = s.append(seq, "summary", float(seq), "y" * 1000)
+        dropped = s.append("summary", float(seq), "y" * 1000, seq=seq)
     assert [seq for seq, _ in s.documents()] == [5, 6, 7]
     assert s.dropped_total() == 4 and s.size_bytes() <= 3100
-    s.append(8, "summary", 8.0, "y" * 10)              # reported in 8: cleared
+    s.append("alert", 8.0, "y" * 10)                   # an alert does not report them
+    assert s.pending_dropped() == [4]
+    s.append("summary", 8.0, "y" * 10, seq=8)          # reported in 8: cleared
     assert s.pending_dropped() == []
+
+
+def test_outbox_order_and_acknowledgement(tmp_path) -> None:
+    s = Spool(tmp_path / "spool.sqlite")
+    s.append("summary", 0.0, "s1", seq=1)
+    s.append("alert", 1.0, "a1")
+    s.append("summary", 60.0, "s2", seq=2)
+    pending = s.unpublished()
+    assert [(kind, doc) for _, kind, doc in pending] == [("summary", "s1"), ("alert", "a1"),
+                                                        ("summary", "s2")]
+    s.mark_published([pending[0][0], pending[1][0]])
+    s.close()
+    s = Spool(tmp_path / "spool.sqlite")                # acknowledgements are durable
+    assert [doc for _, _, doc in s.unpublished()] == ["s2"] and s.count(unpublished=True) == 1
+    assert [seq for seq, _ in s.documents()] == [1, 2]   # published summaries stay for export
 
 
 def test_sigkill_never_tears_or_duplicates(tmp_path) -> None:
