@@ -16,6 +16,7 @@ from edge_agent.capture.source import CaptureError, FileSource, LiveSource
 from edge_agent.config import Config, ConfigError, load, sample_text
 from edge_agent.events import to_record
 from edge_agent.summary.report import CaptureReport, render
+from edge_agent.tools import ToolError, register_all
 from edge_agent.transport.spool import Spool
 
 log = logging.getLogger("edge_agent")
@@ -31,7 +32,10 @@ def _config(args: argparse.Namespace) -> Config:
         overrides["capture.interface"] = args.interface
     if getattr(args, "window", None):
         overrides["summary.window_s"] = args.window
-    return cfg.with_overrides(overrides) if overrides else cfg
+    cfg = cfg.with_overrides(overrides) if overrides else cfg
+    if not getattr(args, "verbose", False):
+        logging.getLogger().setLevel(cfg["agent"]["log_level"].upper())
+    return cfg
 
 
 class Progress:
@@ -182,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("config", help="print the documented sample configuration")
     cfg.add_argument("--check", metavar="FILE", help="validate FILE instead")
     cfg.set_defaults(func=cmd_config)
+    register_all(sub)
     return parser
 
 
@@ -196,6 +201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     except CaptureError as exc:
         print(f"edge-agent: capture error: {exc}", file=sys.stderr)
+        return 1
+    except ToolError as exc:
+        print(f"edge-agent: {exc}", file=sys.stderr)
         return 1
     except BrokenPipeError:
         return 0
