@@ -108,11 +108,14 @@ class Stream:
 
     def take(self, split: Callable[[bytes], tuple[list[bytes], int]],
              probe: Callable[[bytes], bool]) -> tuple[list[bytes], list[str]]:
-        """Complete PDUs from the head of the buffer, resynchronising when framing is lost."""
+        """Complete PDUs from the head of the buffer, resynchronising when framing is lost.
+
+        Reports ``tcp.resync`` once per call in which bytes had to be thrown away.
+        """
         out: list[bytes] = []
-        anomalies: list[str] = []
+        skipped = self.skipped
         while self.buf:
-            if not self.synced and not self._resync(probe, anomalies):
+            if not self.synced and not self._resync(probe):
                 break
             pdus, used = split(self.buf)
             if used < 0:
@@ -124,20 +127,18 @@ class Stream:
                 break
             out.extend(pdus)
             self.buf = self.buf[used:]
-        return out, anomalies
+        return out, (["tcp.resync"] if self.skipped > skipped else [])
 
-    def _resync(self, probe: Callable[[bytes], bool], anomalies: list[str]) -> bool:
+    def _resync(self, probe: Callable[[bytes], bool]) -> bool:
         buf = self.buf
         for i in range(min(len(buf), RESYNC_SCAN)):
             if probe(buf[i:i + PROBE_BYTES]):
                 if i:
                     self.skipped += i
-                    anomalies.append("tcp.resync")
                     self.buf = buf[i:]
                 self.synced = True
                 return True
         if len(buf) > RESYNC_SCAN:
             self.skipped += len(buf) - 16
             self.buf = buf[-16:]         # a PDU header may start in the last bytes
-            anomalies.append("tcp.resync")
         return False

@@ -275,6 +275,10 @@ class FlowTable:
         """Decode what waits behind holes, then let the session report what is pending."""
         if flow.streams is not None and flow.decoder is not None and not flow.dead:
             for d, stream in enumerate(flow.streams):
+                if stream.buf and not stream.synced and not flow.messages:
+                    # Bytes on the protocol's port that never framed as the protocol.
+                    self._emit(flow, Message(flow.proto, {}, None, ("tcp.undecodable_stream",)),
+                               d == 0, now, out)
                 while stream.ooo:
                     anomalies = stream.skip_hole()
                     pdus, more = stream.take(flow.decoder.split, flow.decoder.probe)
