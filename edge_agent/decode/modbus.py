@@ -44,17 +44,15 @@ class MBAP(dpkt.Packet):
 
 MODBUS_PORT = 502                # Implementation Guide 4.1.1: registered port, TCP and UDP
 MODBUS_MBAP_LEN = 7              # Implementation Guide 3.1.3
-MODBUS_MAX_PDU = 253             # App Spec 4.1: serial ADU 256 minus address and CRC
 MODBUS_MIN_LENGTH = 2            # MBAP length: unit id + function code at least
-MODBUS_MAX_LENGTH = 1 + MODBUS_MAX_PDU
+MODBUS_MAX_LENGTH = 254          # App Spec 4.1: PDU <= 253 bytes (serial ADU 256), + unit id
 # split() still frames a few bytes past the limit so feed() can report invalid_length on the
 # record instead of the stream silently resynchronising over an almost-valid frame.
 MODBUS_SPLIT_MAX_LENGTH = 260
 MODBUS_EXCEPTION_BIT = 0x80      # App Spec 7: exception response = function code | 0x80
 MODBUS_MAX_VALUES = 125          # values kept per record: the largest register read (6.3)
 MODBUS_MAX_DATA = 64             # opaque bytes kept (as hex) per record
-MODBUS_COIL_ON = 0xFF00          # App Spec 6.5: the only two legal coil values
-MODBUS_COIL_OFF = 0x0000
+MODBUS_COIL_VALUES = (0xFF00, 0x0000)  # App Spec 6.5: ON and OFF, nothing else
 MODBUS_FILE_REF_TYPE = 6         # App Spec 6.14/6.15: reference type is always 6
 MODBUS_MAX_RECORD_NUMBER = 0x270F  # App Spec 6.14
 MODBUS_MAX_FIFO = 31             # App Spec 6.18
@@ -62,6 +60,9 @@ MODBUS_MEI_DEVICE_ID = 14        # App Spec 6.21
 MODBUS_CONFORMITY = frozenset({0x01, 0x02, 0x03, 0x81, 0x82, 0x83})  # App Spec 6.21
 # App Spec 6.1-6.4, 6.11, 6.12, 6.17: legal quantity ranges per function
 MODBUS_QUANTITY_MAX = {1: 2000, 2: 2000, 3: 125, 4: 125, 15: 0x7B0, 16: 0x7B}
+# Shortest MBAP length of either the request or the response of a function (App Spec 6.x).
+MODBUS_PROBE_MIN_LENGTH = {1: 4, 2: 4, 3: 4, 4: 4, 5: 6, 6: 6, 8: 4, 15: 6, 16: 6, 20: 7,
+                           21: 10, 22: 8, 23: 5, 24: 4, 43: 3}
 MODBUS_RW_READ_MAX = 0x7D        # App Spec 6.17
 MODBUS_RW_WRITE_MAX = 0x79
 
@@ -76,6 +77,7 @@ MODBUS_FUNCS: dict[int, str] = {
     43: "encap_interface_transport",
 }
 MODBUS_KINDS = {fc: (name, name + "_exception") for fc, name in MODBUS_FUNCS.items()}
+_UNKNOWN_KINDS = ("unknown", "unknown_exception")
 
 # App Spec 7
 MODBUS_EXCEPTIONS: dict[int, str] = {
@@ -104,6 +106,11 @@ MODBUS_DEVICE_OBJECTS: dict[int, str] = {
     0: "vendor_name", 1: "product_code", 2: "major_minor_revision", 3: "vendor_url",
     4: "product_name", 5: "model_name", 6: "user_application_name",
 }
+# Device identification objects -> the inventory's IDENTITY_KEYS (of the responding server)
+MODBUS_IDENTITY: dict[str, str] = {
+    "vendor_name": "vendor", "product_code": "product_code", "major_minor_revision": "firmware",
+    "product_name": "product", "model_name": "model", "user_application_name": "name",
+}
 
 A_PROTOCOL_ID = "modbus.invalid_protocol_id"
 A_LENGTH = "modbus.invalid_length"
@@ -127,11 +134,15 @@ _REGS = tuple(struct.Struct(f">{i}H") for i in range(MODBUS_MAX_VALUES + 1))
 # App Spec 6.1: the LSB of the first data byte is the lowest addressed coil.
 _BITS = tuple(tuple((b >> i) & 1 for i in range(8)) for b in range(256))
 
-# Request fields a response inherits when it lacks them (address of a read response, the
-# sub-function of a diagnostics exception ...).
-_CONTEXT_KEYS = ("address", "quantity", "read_address", "read_quantity", "write_address",
-                 "write_quantity", "fifo_pointer_address", "sub_func_code", "sub_func",
-                 "mei_type", "mei", "read_dev_id_code", "object_id")
+# Request fields a response inherits when it lacks them (the address of a read response,
+# the sub-function of a diagnostics exception ...), per function code.
+_ADDRESSED = ("address", "quantity")
+_CONTEXT_KEYS: dict[int, tuple[str, ...]] = {
+    1: _ADDRESSED, 2: _ADDRESSED, 3: _ADDRESSED, 4: _ADDRESSED, 5: _ADDRESSED, 6: _ADDRESSED,
+    15: _ADDRESSED, 16: _ADDRESSED, 22: _ADDRESSED, 8: ("sub_func_code", "sub_func"),
+    23: ("read_address", "read_quantity", "write_address", "write_quantity"),
+    24: ("fifo_pointer_address",), 43: ("mei_type", "mei", "read_dev_id_code", "object_id"),
+}
 
 Fields = dict[str, Any]
 Parser = Callable[[bytes, int, int, Fields, "Fields | None", list[str]], None]
@@ -142,6 +153,14 @@ def _exact(n: int, want: int, an: list[str]) -> bool:
     if n != want:
         an.append(A_LENGTH)
     return n >= want
+
+
+def _short(n: int, want: int, an: list[str]) -> bool:
+    """Flag a body shorter than the fixed part of its function; True if decoding must stop."""
+    if n < want:
+        an.append(A_LENGTH)
+        return True
+    return False
 
 
 def _regs(adu: bytes, off: int, count: int) -> list[int]:
@@ -161,25 +180,35 @@ def _hex(adu: bytes, off: int, end: int) -> str:
     return adu[off:min(end, off + MODBUS_MAX_DATA)].hex()
 
 
-def _quantity_ok(fc: int, q: int, an: list[str]) -> None:
-    if not 1 <= q <= MODBUS_QUANTITY_MAX[fc]:
-        an.append(A_VALUE)
+def _fixed(fmt: str, *names: str) -> Parser:
+    """A parser for a body of exactly one fixed layout (most requests and echoes)."""
+    layout = struct.Struct(">" + fmt)
+
+    def parse(adu: bytes, off: int, end: int, f: Fields, req: Fields | None,
+              an: list[str]) -> None:
+        if _exact(end - off, layout.size, an):
+            f.update(zip(names, layout.unpack_from(adu, off)))
+    return parse
 
 
-def _empty(adu: bytes, off: int, end: int, f: Fields, req: Fields | None, an: list[str]) -> None:
+def _empty(adu: bytes, off: int, end: int, f: Fields, req: Fields | None,
+           an: list[str]) -> None:
     _exact(end - off, 0, an)
 
 
-def _unknown(adu: bytes, off: int, end: int, f: Fields, req: Fields | None, an: list[str]) -> None:
+def _unknown(adu: bytes, off: int, end: int, f: Fields, req: Fields | None,
+             an: list[str]) -> None:
     if end > off:
         f["data"] = _hex(adu, off, end)
 
 
-def _req_read(adu: bytes, off: int, end: int, f: Fields, req: Fields | None, an: list[str]) -> None:
+def _req_read(adu: bytes, off: int, end: int, f: Fields, req: Fields | None,
+              an: list[str]) -> None:
     if _exact(end - off, 4, an):
         f["address"], q = _HH.unpack_from(adu, off)
         f["quantity"] = q
-        _quantity_ok(f["func_code"], q, an)
+        if not 1 <= q <= MODBUS_QUANTITY_MAX[f["func_code"]]:
+            an.append(A_VALUE)
 
 
 def _byte_count(adu: bytes, off: int, end: int, f: Fields, an: list[str]) -> int:
@@ -190,9 +219,9 @@ def _byte_count(adu: bytes, off: int, end: int, f: Fields, an: list[str]) -> int
     return min(bc, end - off - 1)
 
 
-def _resp_bits(adu: bytes, off: int, end: int, f: Fields, req: Fields | None, an: list[str]) -> None:
-    if end - off < 1:
-        an.append(A_LENGTH)
+def _resp_bits(adu: bytes, off: int, end: int, f: Fields, req: Fields | None,
+               an: list[str]) -> None:
+    if _short(end - off, 1, an):
         return
     avail = _byte_count(adu, off, end, f, an)
     count = avail * 8
@@ -204,9 +233,9 @@ def _resp_bits(adu: bytes, off: int, end: int, f: Fields, req: Fields | None, an
     f["values"] = _bits(adu, off + 1, count)
 
 
-def _resp_regs(adu: bytes, off: int, end: int, f: Fields, req: Fields | None, an: list[str]) -> None:
-    if end - off < 1:
-        an.append(A_LENGTH)
+def _resp_regs(adu: bytes, off: int, end: int, f: Fields, req: Fields | None,
+               an: list[str]) -> None:
+    if _short(end - off, 1, an):
         return
     avail = _byte_count(adu, off, end, f, an)
     bc = f["byte_count"]
@@ -221,15 +250,14 @@ def _single_write(adu: bytes, off: int, end: int, f: Fields, req: Fields | None,
     if _exact(end - off, 4, an):
         f["address"], v = _HH.unpack_from(adu, off)
         f["value"] = v
-        if f["func_code"] == 5 and v != MODBUS_COIL_ON and v != MODBUS_COIL_OFF:
+        if f["func_code"] == 5 and v not in MODBUS_COIL_VALUES:
             an.append(A_VALUE)
 
 
 def _diagnostics(adu: bytes, off: int, end: int, f: Fields, req: Fields | None,
                  an: list[str]) -> None:
     n = end - off
-    if n < 2:
-        an.append(A_LENGTH)
+    if _short(n, 2, an):
         return
     sub = f["sub_func_code"] = _H.unpack_from(adu, off)[0]
     f["sub_func"] = MODBUS_DIAG_SUBFUNCS.get(sub, "unknown")
@@ -239,22 +267,9 @@ def _diagnostics(adu: bytes, off: int, end: int, f: Fields, req: Fields | None,
     f["data"] = _hex(adu, off + 2, end)
 
 
-def _resp_status(adu: bytes, off: int, end: int, f: Fields, req: Fields | None,
-                 an: list[str]) -> None:
-    if _exact(end - off, 1, an):
-        f["status"] = adu[off]
-
-
-def _resp_event_counter(adu: bytes, off: int, end: int, f: Fields, req: Fields | None,
-                        an: list[str]) -> None:
-    if _exact(end - off, 4, an):
-        f["status"], f["event_count"] = _HH.unpack_from(adu, off)
-
-
 def _resp_event_log(adu: bytes, off: int, end: int, f: Fields, req: Fields | None,
                     an: list[str]) -> None:
-    if end - off < 7:
-        an.append(A_LENGTH)
+    if _short(end - off, 7, an):
         return
     avail = _byte_count(adu, off, end, f, an)
     f["status"], f["event_count"], f["message_count"] = _HHH.unpack_from(adu, off + 1)
@@ -264,14 +279,14 @@ def _resp_event_log(adu: bytes, off: int, end: int, f: Fields, req: Fields | Non
 def _req_write_multi(adu: bytes, off: int, end: int, f: Fields, req: Fields | None,
                      an: list[str]) -> None:
     n = end - off
-    if n < 5:
-        an.append(A_LENGTH)
+    if _short(n, 5, an):
         return
     f["address"], q, bc = _HHB.unpack_from(adu, off)
     f["quantity"] = q
     f["byte_count"] = bc
     fc = f["func_code"]
-    _quantity_ok(fc, q, an)
+    if not 1 <= q <= MODBUS_QUANTITY_MAX[fc]:
+        an.append(A_VALUE)
     want = (q + 7) // 8 if fc == 15 else 2 * q
     if bc != want or n != 5 + bc:
         an.append(A_LENGTH)
@@ -282,46 +297,18 @@ def _req_write_multi(adu: bytes, off: int, end: int, f: Fields, req: Fields | No
         f["values"] = _regs(adu, off + 5, min(q, avail // 2))
 
 
-def _resp_write_multi(adu: bytes, off: int, end: int, f: Fields, req: Fields | None,
-                      an: list[str]) -> None:
-    if _exact(end - off, 4, an):
-        f["address"], f["quantity"] = _HH.unpack_from(adu, off)
-
-
 def _resp_server_id(adu: bytes, off: int, end: int, f: Fields, req: Fields | None,
                     an: list[str]) -> None:
     # 6.13: server id and run indicator are device specific in length, so kept opaque.
-    if end - off < 1:
-        an.append(A_LENGTH)
+    if _short(end - off, 1, an):
         return
     avail = _byte_count(adu, off, end, f, an)
     f["data"] = _hex(adu, off + 1, off + 1 + avail)
 
 
-def _req_read_file(adu: bytes, off: int, end: int, f: Fields, req: Fields | None,
-                   an: list[str]) -> None:
-    if end - off < 1:
-        an.append(A_LENGTH)
-        return
-    avail = _byte_count(adu, off, end, f, an)
-    if avail % 7 or avail < 7:
-        an.append(A_LENGTH)
-    records = []
-    p, stop = off + 1, off + 1 + avail
-    while p + 7 <= stop:
-        ref, file_no, rec_no, rec_len = _BHHH.unpack_from(adu, p)
-        if ref != MODBUS_FILE_REF_TYPE or rec_no > MODBUS_MAX_RECORD_NUMBER:
-            an.append(A_VALUE)
-        records.append({"reference_type": ref, "file_number": file_no,
-                        "record_number": rec_no, "record_length": rec_len})
-        p += 7
-    f["records"] = records
-
-
 def _resp_read_file(adu: bytes, off: int, end: int, f: Fields, req: Fields | None,
                     an: list[str]) -> None:
-    if end - off < 1:
-        an.append(A_LENGTH)
+    if _short(end - off, 1, an):
         return
     avail = _byte_count(adu, off, end, f, an)
     records = []
@@ -339,6 +326,8 @@ def _resp_read_file(adu: bytes, off: int, end: int, f: Fields, req: Fields | Non
             an.append(A_VALUE)
         records.append({"reference_type": ref, "values": _regs(adu, p + 2, (sub_len - 1) // 2)})
         p += 1 + sub_len
+    if not records:
+        an.append(A_LENGTH)
     asked = req.get("records") if req else None
     if asked and len(asked) == len(records):
         for rec, ask in zip(records, asked):
@@ -349,40 +338,36 @@ def _resp_read_file(adu: bytes, off: int, end: int, f: Fields, req: Fields | Non
 
 def _file_records(adu: bytes, off: int, end: int, f: Fields, req: Fields | None,
                   an: list[str]) -> None:
-    # 6.15: the write request and its echoed response share one layout.
-    if end - off < 1:
-        an.append(A_LENGTH)
+    """FC 20 requests (6.14) and FC 21 requests and their echo (6.15): 7-byte sub-requests,
+    followed in FC 21 by the record data."""
+    if _short(end - off, 1, an):
         return
     avail = _byte_count(adu, off, end, f, an)
+    with_data = f["func_code"] == 21
     records = []
     p, stop = off + 1, off + 1 + avail
     while p + 7 <= stop:
         ref, file_no, rec_no, rec_len = _BHHH.unpack_from(adu, p)
         if ref != MODBUS_FILE_REF_TYPE or rec_no > MODBUS_MAX_RECORD_NUMBER:
             an.append(A_VALUE)
+        rec = {"reference_type": ref, "file_number": file_no, "record_number": rec_no,
+               "record_length": rec_len}
         p += 7
-        if p + 2 * rec_len > stop:
-            an.append(A_LENGTH)
-        records.append({"reference_type": ref, "file_number": file_no, "record_number": rec_no,
-                        "record_length": rec_len,
-                        "values": _regs(adu, p, min(rec_len, (stop - p) // 2))})
-        p += 2 * rec_len
+        if with_data:
+            if p + 2 * rec_len > stop:
+                an.append(A_LENGTH)
+            rec["values"] = _regs(adu, p, min(rec_len, (stop - p) // 2))
+            p += 2 * rec_len
+        records.append(rec)
     if p != stop or not records:
         an.append(A_LENGTH)
     f["records"] = records
 
 
-def _mask_write(adu: bytes, off: int, end: int, f: Fields, req: Fields | None,
-                an: list[str]) -> None:
-    if _exact(end - off, 6, an):
-        f["address"], f["and_mask"], f["or_mask"] = _HHH.unpack_from(adu, off)
-
-
 def _req_read_write(adu: bytes, off: int, end: int, f: Fields, req: Fields | None,
                     an: list[str]) -> None:
     n = end - off
-    if n < 9:
-        an.append(A_LENGTH)
+    if _short(n, 9, an):
         return
     ra, rq, wa, wq, bc = _HHHHB.unpack_from(adu, off)
     f.update(read_address=ra, read_quantity=rq, write_address=wa, write_quantity=wq,
@@ -394,17 +379,10 @@ def _req_read_write(adu: bytes, off: int, end: int, f: Fields, req: Fields | Non
     f["values"] = _regs(adu, off + 9, min(wq, min(bc, n - 9) // 2))
 
 
-def _req_fifo(adu: bytes, off: int, end: int, f: Fields, req: Fields | None,
-              an: list[str]) -> None:
-    if _exact(end - off, 2, an):
-        f["fifo_pointer_address"] = _H.unpack_from(adu, off)[0]
-
-
 def _resp_fifo(adu: bytes, off: int, end: int, f: Fields, req: Fields | None,
                an: list[str]) -> None:
     n = end - off
-    if n < 4:
-        an.append(A_LENGTH)
+    if _short(n, 4, an):
         return
     bc, count = _HH.unpack_from(adu, off)
     f["byte_count"] = bc
@@ -417,7 +395,7 @@ def _resp_fifo(adu: bytes, off: int, end: int, f: Fields, req: Fields | None,
     f["values"] = _regs(adu, off + 4, min(count, (n - 4) // 2))
 
 
-def _mei_type(adu: bytes, off: int, end: int, f: Fields, an: list[str]) -> int:
+def _mei_type(adu: bytes, off: int, f: Fields, an: list[str]) -> int:
     mei = f["mei_type"] = adu[off]
     name = MODBUS_MEI_TYPES.get(mei)
     if name is None:
@@ -428,10 +406,9 @@ def _mei_type(adu: bytes, off: int, end: int, f: Fields, an: list[str]) -> int:
 
 def _req_mei(adu: bytes, off: int, end: int, f: Fields, req: Fields | None,
              an: list[str]) -> None:
-    if end - off < 1:
-        an.append(A_LENGTH)
+    if _short(end - off, 1, an):
         return
-    if _mei_type(adu, off, end, f, an) != MODBUS_MEI_DEVICE_ID:
+    if _mei_type(adu, off, f, an) != MODBUS_MEI_DEVICE_ID:
         f["data"] = _hex(adu, off + 1, end)
     elif _exact(end - off, 3, an):
         code = f["read_dev_id_code"] = adu[off + 1]
@@ -442,14 +419,12 @@ def _req_mei(adu: bytes, off: int, end: int, f: Fields, req: Fields | None,
 
 def _resp_mei(adu: bytes, off: int, end: int, f: Fields, req: Fields | None,
               an: list[str]) -> None:
-    if end - off < 1:
-        an.append(A_LENGTH)
+    if _short(end - off, 1, an):
         return
-    if _mei_type(adu, off, end, f, an) != MODBUS_MEI_DEVICE_ID:
+    if _mei_type(adu, off, f, an) != MODBUS_MEI_DEVICE_ID:
         f["data"] = _hex(adu, off + 1, end)
         return
-    if end - off < 7:
-        an.append(A_LENGTH)
+    if _short(end - off, 6, an):
         return
     code, conformity, more, next_id, count = adu[off + 1:off + 6]
     f.update(read_dev_id_code=code, conformity_level=conformity, more_follows=more == 0xFF,
@@ -475,10 +450,16 @@ def _resp_mei(adu: bytes, off: int, end: int, f: Fields, req: Fields | None,
     f["device_id"] = objects
 
 
+_resp_status = _fixed("B", "status")
+_resp_event_counter = _fixed("HH", "status", "event_count")
+_resp_write_multi = _fixed("HH", "address", "quantity")
+_mask_write = _fixed("HHH", "address", "and_mask", "or_mask")
+_req_fifo = _fixed("H", "fifo_pointer_address")
+
 MODBUS_REQUEST_PARSERS: dict[int, Parser] = {
     1: _req_read, 2: _req_read, 3: _req_read, 4: _req_read, 5: _single_write,
     6: _single_write, 7: _empty, 8: _diagnostics, 11: _empty, 12: _empty,
-    15: _req_write_multi, 16: _req_write_multi, 17: _empty, 20: _req_read_file,
+    15: _req_write_multi, 16: _req_write_multi, 17: _empty, 20: _file_records,
     21: _file_records, 22: _mask_write, 23: _req_read_write, 24: _req_fifo, 43: _req_mei,
 }
 MODBUS_RESPONSE_PARSERS: dict[int, Parser] = {
@@ -525,22 +506,23 @@ class ModbusSession(Session):
             f["protocol_id"] = pid
             an.append(A_PROTOCOL_ID)
         end = 6 + length
-        if not MODBUS_MIN_LENGTH <= length <= MODBUS_MAX_LENGTH:
-            an.append(A_LENGTH)
-            end = n           # the length field is unusable: decode what arrived
-        elif end > n:
-            an.append(A_TRUNCATED)
-            end = n
-        elif end < n:
-            an.append(A_LENGTH)
-        kinds = MODBUS_KINDS.get(fc)
-        if kinds is None:
-            f["func"] = "unknown"
-            kinds = ("unknown", "unknown_exception")
+        if end != n or length > MODBUS_MAX_LENGTH:   # end == n >= 8 implies length >= 2
+            if not MODBUS_MIN_LENGTH <= length <= MODBUS_MAX_LENGTH:
+                an.append(A_LENGTH)
+                end = n           # the length field is unusable: decode what arrived
+            elif end > n:
+                an.append(A_TRUNCATED)
+                end = n
+            else:
+                an.append(A_LENGTH)
+        kinds = MODBUS_KINDS.get(fc, _UNKNOWN_KINDS)
+        f["func"] = kinds[0]
+        if kinds is _UNKNOWN_KINDS:
             an.append(A_UNKNOWN_FUNCTION)
-        else:
-            f["func"] = kinds[0]
         is_exception = raw_fc & MODBUS_EXCEPTION_BIT
+        # Only a server sends exceptions: trust that over a flow oriented the wrong way round
+        # (a server that opened the TCP connection itself looks like the client).
+        from_client = from_client and not is_exception
 
         req: Fields | None = None
         key = (tid, unit)
@@ -554,33 +536,37 @@ class ModbusSession(Session):
                 req = entry[1]
 
         if is_exception:
-            if end - MODBUS_MBAP_LEN - 1 >= 1:
+            if _exact(end - MODBUS_MBAP_LEN - 1, 1, an):
                 code = f["exception_code"] = adu[8]
-                name = MODBUS_EXCEPTIONS.get(code)
-                if name is None:
+                if code not in MODBUS_EXCEPTIONS:
                     an.append(A_EXCEPTION_CODE)
-                f["exception"] = name or "unknown"
-            _exact(end - MODBUS_MBAP_LEN - 1, 1, an)
+                f["exception"] = MODBUS_EXCEPTIONS.get(code, "unknown")
         else:
             table = MODBUS_REQUEST_PARSERS if from_client else MODBUS_RESPONSE_PARSERS
             table.get(fc, _unknown)(adu, MODBUS_MBAP_LEN + 1, end, f, req, an)
 
         if req is not None:
-            for k in _CONTEXT_KEYS:
+            for k in _CONTEXT_KEYS.get(fc, ()):
                 if k not in f and k in req:
                     f[k] = req[k]
-        elif from_client and not is_exception:
-            if key in self.pending:
-                del self.pending[key]       # a reused transaction id replaces the old request
-            elif len(self.pending) >= self.max_pending:
-                if self.pending:
-                    del self.pending[next(iter(self.pending))]
+        elif from_client:
+            pending = self.pending
+            if key in pending:
+                del pending[key]            # a reused transaction id replaces the old request
+            elif len(pending) >= self.max_pending:
+                if pending:
+                    del pending[next(iter(pending))]
                 an.append(A_TOO_MANY_PENDING)
             if self.max_pending:
-                self.pending[key] = (fc, f)
+                pending[key] = (fc, f)
 
-        anomalies = tuple(dict.fromkeys(an)) if len(an) > 1 else tuple(an)
-        return [Message("modbus", f, from_client, anomalies, kinds[1] if is_exception else kinds[0])]
+        identity = None
+        if fc == 43 and "device_id" in f:
+            identity = {MODBUS_IDENTITY[k]: v for k, v in f["device_id"].items()
+                        if k in MODBUS_IDENTITY and v} or None
+        anomalies = () if not an else tuple(dict.fromkeys(an)) if len(an) > 1 else (an[0],)
+        return [Message("modbus", f, from_client, anomalies,
+                        kinds[1] if is_exception else kinds[0], identity)]
 
     def close(self, now: float) -> list[Message]:
         # Unanswered requests were already reported as requests; nothing new to say.
@@ -592,11 +578,24 @@ class ModbusDecoder(Decoder):
     """Modbus/TCP and Modbus/UDP (same MBAP framing) on port 502."""
 
     def probe(self, data: bytes) -> bool:
-        if len(data) < MODBUS_MBAP_LEN + 1:
+        # The stream reassembler probes every offset of undecodable bytes to resynchronise,
+        # so this must reject zero-rich binary (RPC, TLS) that happens to hold "00 00" where
+        # the protocol id goes: lengths too short for the function, malformed exceptions,
+        # and a frame followed by something that is not another MBAP header.
+        n = len(data)
+        if n < MODBUS_MBAP_LEN + 1:
             return False
         _, pid, length, _, raw_fc = _ADU_HEAD.unpack_from(data)
-        return (pid == 0 and MODBUS_MIN_LENGTH <= length <= MODBUS_SPLIT_MAX_LENGTH
-                and raw_fc & 0x7F != 0)
+        fc = raw_fc & 0x7F
+        if pid or not fc or not MODBUS_MIN_LENGTH <= length <= MODBUS_MAX_LENGTH:
+            return False
+        if raw_fc & MODBUS_EXCEPTION_BIT:
+            if length != 3 or (n > 8 and data[8] not in MODBUS_EXCEPTIONS):
+                return False
+        elif length < MODBUS_PROBE_MIN_LENGTH.get(fc, MODBUS_MIN_LENGTH):
+            return False
+        nxt = 6 + length
+        return n < nxt + 4 or data[nxt + 2] == 0 == data[nxt + 3]
 
     def split(self, data: bytes) -> tuple[list[bytes], int]:
         out: list[bytes] = []
@@ -617,7 +616,7 @@ class ModbusDecoder(Decoder):
             return [], -1     # a non-zero protocol id is already visible: no need to wait
         return out, off
 
-    def session(self, limits: Limits) -> Session:
+    def session(self, limits: Limits) -> ModbusSession:
         return ModbusSession(limits)
 
 
