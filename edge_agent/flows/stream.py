@@ -2,9 +2,11 @@
 
 Delivers in-order bytes to the decoder's ``split``. Copes with what mirror ports deliver:
 retransmissions and overlaps (the first copy wins, as most stacks do), out-of-order segments
-(held, bounded), and holes that never fill because the sensor lost a packet (after
-``max_ooo_segments`` segments wait behind a hole, or ``max_buffer`` bytes do, the stream skips
-the hole, reports ``tcp.gap`` and resynchronises on the next PDU the decoder's ``probe`` finds).
+(held, bounded), and holes that never fill because the sensor lost a packet. A hole is given up
+as soon as the peer acknowledges bytes past it (the receiver has them; we never will), or when
+it has waited ``HOLE_TIMEOUT`` seconds, ``max_ooo_segments`` segments or ``max_buffer`` bytes;
+the stream then reports ``tcp.gap`` and resynchronises on the next PDU the decoder's ``probe``
+finds. Low-rate polling would otherwise hold every PDU behind one lost segment for minutes.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ SEQ_MOD = 1 << 32
 SEQ_HALF = 1 << 31
 RESYNC_SCAN = 2048          # bytes searched for a PDU start before the rest is dropped
 PROBE_BYTES = 256           # what a probe sees: enough for any header, cheap to copy
+HOLE_TIMEOUT = 2.0          # seconds a hole may wait for a late (reordered) segment
 
 
 def seq_diff(a: int, b: int) -> int:
@@ -25,7 +28,7 @@ def seq_diff(a: int, b: int) -> int:
 class Stream:
     """Bytes of one direction, in order, with at most ``max_buffer`` bytes held."""
 
-    __slots__ = ("next_seq", "buf", "ooo", "ooo_bytes", "synced", "max_buffer",
+    __slots__ = ("next_seq", "buf", "ooo", "ooo_bytes", "ooo_since", "synced", "max_buffer",
                  "max_ooo", "gaps", "retransmits", "skipped")
 
     def __init__(self, max_buffer: int, max_ooo: int) -> None:
@@ -33,6 +36,7 @@ class Stream:
         self.buf = b""
         self.ooo: dict[int, bytes] = {}
         self.ooo_bytes = 0
+        self.ooo_since = 0.0
         self.synced = True
         self.max_buffer = max_buffer
         self.max_ooo = max_ooo
@@ -43,7 +47,7 @@ class Stream:
     def syn(self, seq: int) -> None:
         self.next_seq = (seq + 1) % SEQ_MOD
 
-    def add(self, seq: int, data: bytes) -> list[str]:
+    def add(self, seq: int, data: bytes, now: float = 0.0) -> list[str]:
         """Take a segment; return the names of anomalies it revealed."""
         if self.next_seq is None:
             # Picked up mid-connection: the first bytes may be the middle of a PDU.
@@ -57,10 +61,13 @@ class Stream:
             data = data[-rel:]
             rel = 0
         if rel > 0:
+            if not self.ooo:
+                self.ooo_since = now
             if seq not in self.ooo:
                 self.ooo[seq] = data
                 self.ooo_bytes += len(data)
-            if len(self.ooo) > self.max_ooo or self.ooo_bytes + len(self.buf) > self.max_buffer:
+            if (len(self.ooo) > self.max_ooo or self.ooo_bytes + len(self.buf) > self.max_buffer
+                    or now - self.ooo_since > HOLE_TIMEOUT):
                 return self.skip_hole()
             return []
         self._append(data)
@@ -92,6 +99,12 @@ class Stream:
                 progressed = True
             if not progressed:
                 return
+
+    def acked(self, ack: int) -> list[str]:
+        """The peer acknowledged up to ``ack``: a hole below it will never be filled."""
+        if self.ooo and self.next_seq is not None and seq_diff(ack, self.next_seq) > 0:
+            return self.skip_hole()
+        return []
 
     def skip_hole(self) -> list[str]:
         """Give up on the missing bytes: continue from the earliest held segment."""

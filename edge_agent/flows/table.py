@@ -146,6 +146,11 @@ class FlowTable:
         if p.transport == "tcp":
             if p.flags & (TCP_FIN | TCP_RST):
                 flow.closed = True
+            streams = flow.streams
+            if streams is not None and p.flags & TCP_ACK and streams[1 - d].ooo:
+                gap = streams[1 - d].acked(p.ack)
+                if gap:
+                    self._deliver(flow, streams[1 - d], not from_client, gap, now, out)
             if size and not flow.dead:
                 self._tcp_payload(flow, p, from_client, now, out)
             elif p.flags & TCP_SYN:
@@ -210,7 +215,11 @@ class FlowTable:
             self._attach(flow, dec)
             flow.streams = None     # follow the stream from this segment on
         stream = self._streams(flow)[0 if from_client else 1]
-        anomalies = stream.add(p.seq, p.payload)
+        self._deliver(flow, stream, from_client, stream.add(p.seq, p.payload, now), now, out)
+
+    def _deliver(self, flow: Flow, stream: Stream, from_client: bool, anomalies: list[str],
+                 now: float, out: list[MessageEvent]) -> None:
+        """Frame what the stream holds in order, decode it, and give up on junk streams."""
         dec = flow.decoder
         pdus, more = stream.take(dec.split, dec.probe)
         anomalies += more
@@ -279,14 +288,8 @@ class FlowTable:
                     # Bytes on the protocol's port that never framed as the protocol.
                     self._emit(flow, Message(flow.proto, {}, None, ("tcp.undecodable_stream",)),
                                d == 0, now, out)
-                while stream.ooo:
-                    anomalies = stream.skip_hole()
-                    pdus, more = stream.take(flow.decoder.split, flow.decoder.probe)
-                    self._emit(flow, Message(flow.proto, {}, None, tuple(anomalies + more)),
-                               d == 0, now, out)
-                    for pdu in pdus:
-                        for msg in flow.decoder.safe_feed(flow.session, pdu, d == 0, now):
-                            self._emit(flow, msg, d == 0, now, out)
+                while stream.ooo and flow.streams is not None:
+                    self._deliver(flow, stream, d == 0, stream.skip_hole(), now, out)
         if flow.session is not None:
             for msg in flow.session.close(now):
                 self._emit(flow, msg, True, now, out)

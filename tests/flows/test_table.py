@@ -191,3 +191,28 @@ def test_stream_buffer_is_bounded() -> None:
             s = flow.streams[0]
             held.append(len(s.buf) + s.ooo_bytes)
     assert held and max(held) <= 1024 + 52
+
+
+def test_hole_acknowledged_by_peer_is_given_up_at_once() -> None:
+    t = table()
+    ev = t.process(seg(toy("a"), 1), 1.0)
+    lost = toy("lost")
+    after = 1 + len(toy("a")) + len(lost)
+    ev += t.process(seg(toy("b"), after), 1.1)           # held behind the hole
+    assert bodies(ev) == ["a"]
+    # The server acknowledges everything: it got the lost segment, the sensor did not.
+    ev += t.process(L4("tcp", SERVER, CLIENT, 7000, 40000, b"", ACK, 900, after + 3), 1.2)
+    assert bodies(ev) == ["a", "b"] and "tcp.gap" in anomalies(ev)
+
+
+def test_hole_waits_for_a_reordered_segment_only_briefly() -> None:
+    t = table()
+    a, lost, b, c = toy("a"), toy("lost"), toy("b"), toy("c")
+    ev = t.process(seg(a, 1), 1.0)
+    ev += t.process(seg(b, 1 + len(a) + len(lost)), 1.1)
+    ev += t.process(seg(lost, 1 + len(a)), 1.2)          # late but within the wait: no gap
+    assert bodies(ev) == ["a", "lost", "b"] and not anomalies(ev)
+    pos = 1 + len(a) + len(lost) + len(b)
+    ev += t.process(seg(c, pos + 10), 2.0)               # 10 bytes never come
+    ev += t.process(seg(toy("d"), pos + 10 + len(c)), 5.0)   # past the wait: gap, go on
+    assert bodies(ev)[-2:] == ["c", "d"] and "tcp.gap" in anomalies(ev)
