@@ -2,8 +2,8 @@
 
 ```
 capture ─▶ link ─▶ flows/decode ─▶ window ─▶ summary ─▶ spool
-(source)   (L4)    (FlowTable,     (Window)   (build)    (SummaryStore)
-                    sessions)
+(source)   (L4)    (FlowTable,     (Window,   (build)    (SummaryStore)
+                    sessions)       Inventory)
 ```
 
 The pipeline is driven by packet time only (``feed(ts, ...)``, ``tick(now)``), so replaying a
@@ -20,8 +20,10 @@ from edge_agent.capture.source import TICK, CaptureStats
 from edge_agent.config import Config
 from edge_agent.decode import Limits, Registry, discover
 from edge_agent.decode.link import BENIGN_DROPS, Dropped, parse
+from edge_agent.flows.assets import Inventory
 from edge_agent.flows.table import FlowLimits, FlowTable, MessageEvent
 from edge_agent.summary import build
+from edge_agent.transport.assets import AssetStore
 from edge_agent.transport.spool import Spool
 
 EventHook = Callable[[MessageEvent], None]
@@ -48,8 +50,11 @@ class SummaryStore:
     spool: Spool
     agent_id: str
     site: str
+    assets: AssetStore | None = None
 
     def __call__(self, body: dict[str, Any]) -> int:
+        if self.assets is not None:
+            self.assets.save([a["asset"] for a in body.get("assets", ())])
         seq = self.spool.next_seq()
         doc = {"agent_id": self.agent_id, "site": self.site, "seq": seq,
                "agent_version": __version__, **body,
@@ -64,10 +69,12 @@ class Pipeline:
 
     def __init__(self, cfg: Config, sink: Callable[[dict[str, Any]], Any] | None = None,
                  on_event: EventHook | None = None, registry: Registry | None = None,
-                 capture_stats: Callable[[], CaptureStats] | None = None) -> None:
+                 capture_stats: Callable[[], CaptureStats] | None = None,
+                 inventory: Inventory | None = None) -> None:
         self.cfg = cfg
         self.registry = registry or registry_for(cfg)
         self.table = FlowTable(self.registry, flow_limits(cfg))
+        self.inventory = inventory or Inventory(cfg["limits"]["max_assets"])
         self.window = build.Window(cfg["summary"]["window_s"])
         self.sink = sink
         self.on_event = on_event
@@ -108,8 +115,11 @@ class Pipeline:
         hook = self.on_event
         win = self.window
         for ev in events:
-            if ev.message.anomalies:
+            msg = ev.message
+            if msg.anomalies:
                 win.count_event(ev)
+            if msg.identity:
+                self.inventory.observe_identity(ev)
             if hook is not None:
                 hook(ev)
 
@@ -127,7 +137,10 @@ class Pipeline:
 
     def _close_window(self, complete: bool) -> None:
         flows = self.table.drain_window()
+        self.inventory.observe_flows(flows, self.last_ts)
         body = build.build(self.window, flows, self.health(), self.max_summary_flows, complete)
+        body["assets"] = [{"change": c.change, "changes": list(c.changes), "asset": c.asset}
+                          for c in self.inventory.drain_changes()]
         self.windows += 1
         if self.sink is not None:
             self.sink(body)
@@ -138,7 +151,8 @@ class Pipeline:
         return {"packets_total": self.packets, "undecodable_total": self.undecodable,
                 "capture": stats.as_dict(), "flows_active": len(t.flows),
                 "flows_created": t.created, "flows_evicted_idle": t.evicted_idle,
-                "flows_evicted_full": t.evicted_full}
+                "flows_evicted_full": t.evicted_full, "assets": len(self.inventory.assets),
+                "assets_evicted": self.inventory.evicted}
 
     def finish(self) -> None:
         """End of input: decode what waits in the flows, then close the last window."""

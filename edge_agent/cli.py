@@ -15,8 +15,10 @@ from edge_agent.agent import Pipeline, SummaryStore
 from edge_agent.capture.source import CaptureError, FileSource, LiveSource
 from edge_agent.config import Config, ConfigError, load, sample_text
 from edge_agent.events import to_record
+from edge_agent.flows.assets import Inventory
 from edge_agent.summary.report import CaptureReport, render
 from edge_agent.tools import ToolError, register_all
+from edge_agent.transport.assets import AssetStore
 from edge_agent.transport.spool import Spool
 
 log = logging.getLogger("edge_agent")
@@ -81,9 +83,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     state = Path(cfg["agent"]["state_dir"])
     spool = Spool(state / "spool.sqlite", cfg["spool"]["max_bytes"], cfg["spool"]["fsync"])
-    store = SummaryStore(spool, cfg.agent_id, cfg["agent"]["site"])
+    assets = AssetStore(state / "assets.sqlite")
+    inventory = Inventory(cfg["limits"]["max_assets"])
+    inventory.load(assets.load())
+    store = SummaryStore(spool, cfg.agent_id, cfg["agent"]["site"], assets)
     stats = source.update_stats if isinstance(source, LiveSource) else (lambda: source.stats)
-    pipe = Pipeline(cfg, sink=store, capture_stats=stats)
+    pipe = Pipeline(cfg, sink=store, capture_stats=stats, inventory=inventory)
     _stop_on_signals(source.stop)
     first = spool.next_seq()
     if isinstance(source, FileSource):
@@ -104,6 +109,7 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"{first}..{last} in {spool.path}" if written else
               f"{pipe.packets} packets; no summary written (no packets)", file=sys.stderr)
     spool.close()
+    assets.close()
     return 0
 
 
@@ -154,6 +160,32 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_assets(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    path = Path(cfg["agent"]["state_dir"]) / "assets.sqlite"
+    if not path.exists():
+        raise ToolError(f"no inventory at {path} yet: run the agent first")
+    assets = [a.as_dict() for a in AssetStore(path).load()]
+    if args.json:
+        json.dump(assets, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    rows = [["address", "mac", "mac vendor", "roles", "vendor", "model", "firmware", "serial",
+             "last seen"]]
+    for a in sorted(assets, key=lambda a: a["key"]):
+        ident = a["identity"]
+        rows.append([a["ip"] or a["mac"] or a["key"], a["mac"] or "", (a["mac_vendor"] or "")[:24],
+                     ",".join(a["roles"]), ident.get("vendor", ""),
+                     ident.get("model") or ident.get("product") or "", ident.get("firmware", ""),
+                     ident.get("serial", ""), time.strftime("%Y-%m-%d %H:%M:%S",
+                                                            time.gmtime(a["last_seen"]))])
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+    print(f"{len(assets)} device(s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-agent",
                                      description="Passive security sensor for industrial networks.")
@@ -182,6 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("files", nargs="+", metavar="FILE")
     ins.add_argument("--json", action="store_true", help="machine-readable output")
     ins.set_defaults(func=cmd_inspect)
+
+    assets = with_config(sub.add_parser("assets", help="list the devices in the inventory"))
+    assets.add_argument("--state-dir", metavar="DIR", help="state directory")
+    assets.add_argument("--json", action="store_true", help="machine-readable output")
+    assets.set_defaults(func=cmd_assets)
 
     cfg = sub.add_parser("config", help="print the documented sample configuration")
     cfg.add_argument("--check", metavar="FILE", help="validate FILE instead")

@@ -121,6 +121,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_pending": Key(int, 64, 1, 65_536),
         "max_history": Key(int, 32, 1, 4096),
         "max_summary_flows": Key(int, 500, 1, 1_000_000),
+        "max_assets": Key(int, 4096, 16, 1_000_000),
     },
     "summary": {
         "window_s": Key(float, 60.0, 1, 86_400),
