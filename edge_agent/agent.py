@@ -27,6 +27,10 @@ from edge_agent.transport.assets import AssetStore
 from edge_agent.transport.spool import Spool
 
 EventHook = Callable[[MessageEvent], None]
+# A packet this far before its window is from another timeline (the next capture file, a
+# clock stepped back): it opens a window of its own instead of joining the current one.
+# Smaller steps back are the ordinary reordering of a mirror port or of merged interfaces.
+BACKWARD_SLACK = 5.0
 
 
 def flow_limits(cfg: Config) -> FlowLimits:
@@ -95,7 +99,7 @@ class Pipeline:
 
     def feed(self, ts: float, linktype: int, frame: bytes) -> None:
         win = self.window
-        if ts >= win.end or win.start is None:
+        if ts >= win.end or win.start is None or ts < win.start - BACKWARD_SLACK:
             self._roll(ts)
         self.packets += 1
         self.last_ts = ts

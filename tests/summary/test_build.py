@@ -72,3 +72,12 @@ def test_anomalies_and_link_drops_are_counted() -> None:
     assert s["health"]["link_drops"] == {"link.truncated": 1}
     assert s["health"]["undecodable_total"] == 1
     assert s["anomalies"], s
+
+
+def test_a_capture_from_another_time_opens_its_own_window() -> None:
+    pipe, out = pipeline(window=60)
+    pipe.feed(1_000_000.0, 1, frame(40000, read_req(1), 1))
+    pipe.feed(999_998.0, 1, frame(40000, read_req(2), 13))    # mirror-port reordering: same window
+    pipe.feed(500.0, 1, frame(40001, read_req(1), 1))         # the next file, years earlier
+    pipe.finish()
+    assert [(s["window"]["start"], s["health"]["packets"]) for s in out] == [(999_960.0, 2), (480.0, 1)]
