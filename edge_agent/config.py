@@ -116,7 +116,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_flows": Key(int, 10_000, 16, 10_000_000),
         "tcp_idle_timeout_s": Key(float, 300.0, 1, 86_400),
         "udp_idle_timeout_s": Key(float, 120.0, 1, 86_400),
-        "max_stream_buffer": Key(int, 65_536, 1024, 16 * MIB),
+        "max_stream_buffer": Key(int, 131_072, 1024, 16 * MIB),
         "max_ooo_segments": Key(int, 16, 1, 4096),
         "max_pending": Key(int, 64, 1, 65_536),
         "max_history": Key(int, 32, 1, 4096),

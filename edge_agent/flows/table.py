@@ -33,7 +33,7 @@ class FlowLimits:
     max_flows: int = 10_000
     tcp_idle_timeout: float = 300.0
     udp_idle_timeout: float = 120.0
-    max_stream_buffer: int = 65_536
+    max_stream_buffer: int = 131_072
     max_ooo_segments: int = 16
     max_history: int = 32
     proto: Limits = Limits()

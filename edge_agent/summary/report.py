@@ -79,9 +79,10 @@ def render(rep: dict[str, Any]) -> str:
                          for t in rep["talkers"]])
     for proto, funcs in rep["functions"].items():
         lines += ["", f"Transactions: {proto}"]
-        lines += _table(["function", "requests", "responses", "exceptions"],
-                        [[f["func"], f["requests"], f["responses"] + f["other"], f["exceptions"]]
-                         for f in funcs])
+        other = any(f["other"] for f in funcs)      # messages with no direction (cyclic I/O)
+        lines += _table(["function", "requests", "responses", "exceptions"] + ["other"] * other,
+                        [[f["func"], f["requests"], f["responses"], f["exceptions"]]
+                         + [f["other"]] * other for f in funcs])
     lines += ["", "Anomalies" if rep["anomalies"] else "Anomalies: none"]
     if rep["anomalies"]:
         lines += _table(["anomaly", "count"], [[k, v] for k, v in rep["anomalies"].items()])
