@@ -50,6 +50,8 @@ class Stream:
     def add(self, seq: int, data: bytes, now: float = 0.0) -> list[str]:
         """Take a segment; return the names of anomalies it revealed."""
         if self.next_seq is None:
+            if len(data) <= 1:
+                return []    # a keep-alive probe (RFC 1122 4.2.3.6) is no place to start
             # Picked up mid-connection: the first bytes may be the middle of a PDU.
             self.next_seq = seq
             self.synced = False

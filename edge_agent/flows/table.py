@@ -251,9 +251,9 @@ class FlowTable:
     def _emit(self, flow: Flow, msg: Message, from_client: bool, now: float,
               out: list[MessageEvent]) -> None:
         if msg.kind:
-            if not flow.messages:
+            if flow.proto != msg.proto and (not flow.messages or flow.proto == flow.decoder.name):
                 # A decoder may carry several protocols (ISO-on-TCP: S7comm or MMS); the
-                # flow is named after what it actually carries.
+                # flow is named after what it actually carries, once that shows.
                 flow.proto = msg.proto
             flow.messages += 1
             flow.w_msgs += 1
