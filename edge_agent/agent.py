@@ -20,6 +20,7 @@ from edge_agent.capture.source import TICK, CaptureStats
 from edge_agent.config import Config
 from edge_agent.decode import Limits, Registry, discover
 from edge_agent.decode.link import BENIGN_DROPS, Dropped, parse
+from edge_agent.features.extract import ChannelVector, FeatureTracker
 from edge_agent.flows.assets import Inventory
 from edge_agent.flows.table import FlowLimits, FlowTable, MessageEvent
 from edge_agent.summary import build
@@ -74,11 +75,14 @@ class Pipeline:
     def __init__(self, cfg: Config, sink: Callable[[dict[str, Any]], Any] | None = None,
                  on_event: EventHook | None = None, registry: Registry | None = None,
                  capture_stats: Callable[[], CaptureStats] | None = None,
-                 inventory: Inventory | None = None) -> None:
+                 inventory: Inventory | None = None,
+                 on_window: Callable[[list[ChannelVector]], None] | None = None) -> None:
         self.cfg = cfg
         self.registry = registry or registry_for(cfg)
         self.table = FlowTable(self.registry, flow_limits(cfg))
         self.inventory = inventory or Inventory(cfg["limits"]["max_assets"])
+        self.features = FeatureTracker(max_channels=cfg["limits"]["max_flows"])
+        self.on_window = on_window
         self.window = build.Window(cfg["summary"]["window_s"])
         self.sink = sink
         self.on_event = on_event
@@ -118,8 +122,10 @@ class Pipeline:
     def _events(self, events: list[MessageEvent]) -> None:
         hook = self.on_event
         win = self.window
+        observe = self.features.observe
         for ev in events:
             msg = ev.message
+            observe(ev)
             if msg.anomalies:
                 win.count_event(ev)
             if msg.identity:
@@ -140,6 +146,9 @@ class Pipeline:
         self.window.open_at(now)
 
     def _close_window(self, complete: bool) -> None:
+        vectors = self.features.close_window(self.window.length)
+        if self.on_window is not None:
+            self.on_window(vectors)
         flows = self.table.drain_window()
         self.inventory.observe_flows(flows, self.last_ts)
         body = build.build(self.window, flows, self.health(), self.max_summary_flows, complete)

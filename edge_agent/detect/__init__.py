@@ -1,0 +1,1 @@
+"""Detection: deterministic OT rules and the site baseline, beside the model's scores."""

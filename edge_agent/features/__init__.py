@@ -1,0 +1,1 @@
+"""Feature vectors per communication channel and window: the contract with the model."""
