@@ -200,7 +200,7 @@ class FeatureTracker:
         if msg.is_request:
             ch.reqs += 1
             if ch.last_req >= 0:
-                gap = ev.ts - ch.last_req
+                gap = max(0.0, ev.ts - ch.last_req)     # merged captures may step back
                 ch.iat_n += 1
                 delta = gap - ch.iat_mean
                 ch.iat_mean += delta / ch.iat_n
@@ -211,7 +211,7 @@ class FeatureTracker:
         if base not in ch.funcs and len(ch.funcs) < MAX_SET:
             ch.funcs.add(base)
         addr = address_of(fields)
-        if addr is not None:
+        if addr is not None and addr >= 0:
             ch.addr_seen += 1
             if ch.addr_min < 0 or addr < ch.addr_min:
                 ch.addr_min = addr
@@ -278,7 +278,7 @@ class FeatureTracker:
             v[13] = math.log1p(len(ch.funcs))
             v[14] = math.log1p(func_new)
             v[15] = math.log1p(len(ch.addrs))
-            v[16] = math.log1p(ch.addr_max - ch.addr_min) if ch.addr_min >= 0 else 0.0
+            v[16] = math.log1p(max(0, ch.addr_max - ch.addr_min)) if ch.addr_min >= 0 else 0.0
             v[17] = addr_new / ch.addr_seen if ch.addr_seen else 0.0
             v[18] = math.log1p(len(ch.units))
             v[19] = min(4.0, ch.anomalies / ch.msgs) if ch.msgs else min(4.0, float(ch.anomalies))
