@@ -11,7 +11,6 @@ capture runs exactly the code that runs live, and a test can drive it with plain
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -24,6 +23,7 @@ from edge_agent.features.extract import ChannelVector, FeatureTracker
 from edge_agent.flows.assets import Inventory
 from edge_agent.flows.table import FlowLimits, FlowTable, MessageEvent
 from edge_agent.summary import build
+from edge_agent.summary.sign import DeviceKey, dumps, token_hash
 from edge_agent.transport.assets import AssetStore
 from edge_agent.transport.spool import Spool
 
@@ -50,23 +50,36 @@ def registry_for(cfg: Config) -> Registry:
 
 @dataclass
 class SummaryStore:
-    """Gives each summary its identity and sequence number and stores it in the spool."""
+    """Signs each summary, chains it to the previous one and stores it in the spool.
+
+    ``prev`` is the hash of the previous *generated* summary (kept as the spool's chain head,
+    in the same transaction), so a summary later dropped from a full spool still leaves a
+    chain a verifier can follow and explain with ``dropped_seqs``.
+    """
 
     spool: Spool
     agent_id: str
     site: str
+    key: DeviceKey
     assets: AssetStore | None = None
 
     def __call__(self, body: dict[str, Any]) -> int:
         if self.assets is not None:
             self.assets.save([a["asset"] for a in body.get("assets", ())])
         seq = self.spool.next_seq()
-        doc = {"agent_id": self.agent_id, "site": self.site, "seq": seq,
-               "agent_version": __version__, **body,
+        # The body first, so it can never override the identity and chain fields.
+        doc = {**body, "agent_id": self.agent_id, "site": self.site, "seq": seq,
+               "prev": self.spool.meta("chain_head"), "agent_version": __version__,
                "dropped_seqs": self.spool.pending_dropped()}
-        self.spool.append("summary", body["window"]["start"],
-                          json.dumps(doc, separators=(",", ":")), seq=seq)
+        token = self.key.sign(dumps(doc))
+        self.spool.append("summary", body["window"]["start"], token, seq=seq,
+                          meta={"chain_head": token_hash(token)})
         return seq
+
+    def document(self, kind: str, payload: dict[str, Any], ts: float) -> None:
+        """Sign and store a document that is not a summary (alert, status, command result)."""
+        doc = {"type": kind, "agent_id": self.agent_id, "site": self.site, **payload}
+        self.spool.append(kind, ts, self.key.sign(dumps(doc)))
 
 
 class Pipeline:

@@ -17,6 +17,7 @@ from edge_agent.config import Config, ConfigError, load, sample_text
 from edge_agent.events import to_record
 from edge_agent.flows.assets import Inventory
 from edge_agent.summary.report import CaptureReport, render
+from edge_agent.summary.sign import KEY_FILE, DeviceKey
 from edge_agent.tools import ToolError, register_all
 from edge_agent.transport.assets import AssetStore
 from edge_agent.transport.spool import Spool
@@ -86,7 +87,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     assets = AssetStore(state / "assets.sqlite")
     inventory = Inventory(cfg["limits"]["max_assets"])
     inventory.load(assets.load())
-    store = SummaryStore(spool, cfg.agent_id, cfg["agent"]["site"], assets)
+    key_file = state / KEY_FILE
+    # The first run creates the device key, so `run` works with no set-up at all.
+    key = DeviceKey.load(key_file) if key_file.exists() else DeviceKey.create(key_file)
+    log.debug("device key %s (kid %s)", key_file, key.kid)
+    store = SummaryStore(spool, cfg.agent_id, cfg["agent"]["site"], key, assets)
     stats = source.update_stats if isinstance(source, LiveSource) else (lambda: source.stats)
     pipe = Pipeline(cfg, sink=store, capture_stats=stats, inventory=inventory)
     _stop_on_signals(source.stop)

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from edge_agent import cli
+from edge_agent.summary.sign import claims
 from edge_agent.transport.spool import Spool
 from tests.conftest import fixture_pcaps
 
@@ -36,7 +37,7 @@ def test_decode_every_fixture(path, capsys) -> None:
 def test_run_every_fixture(path, tmp_path, capsys) -> None:
     assert cli.main(["run", "--pcap", str(path), "--state-dir", str(tmp_path), "-q"]) == 0
     spool = Spool(tmp_path / "spool.sqlite")
-    docs = [json.loads(d) for _, d in spool.documents()]
+    docs = [claims(d) for _, d in spool.documents()]
     assert docs, "a capture with packets gives at least one summary"
     assert [d["seq"] for d in docs] == list(range(1, len(docs) + 1))
     assert sum(d["health"]["packets"] for d in docs) == docs[-1]["health"]["packets_total"]
@@ -88,3 +89,20 @@ def test_truncated_capture_keeps_what_was_read(tmp_path, capsys) -> None:
     cli.main(["decode", str(whole)])
     n_whole = len(capsys.readouterr().out.splitlines())
     assert 0 < n_cut < n_whole
+
+
+def test_run_then_export_and_verify_the_signed_chain(tmp_path, capsys) -> None:
+    state = str(tmp_path / "state")
+    modbus = [str(p) for p in fixture_pcaps("modbus")]
+    assert cli.main(["run", "-q", "--pcap", *modbus, "--state-dir", state]) == 0
+    assert cli.main(["verify", state]) == 0          # the spool: signatures and chain intact
+    bundle = tmp_path / "out.bundle"
+    assert cli.main(["export", "--out", str(bundle), "--state-dir", state]) == 0
+    capsys.readouterr()
+    assert cli.main(["keys", "show", "--json", "--state-dir", state]) == 0
+    keyfile = tmp_path / "device.jwks"
+    keyfile.write_text(capsys.readouterr().out)
+    assert cli.main(["verify", str(bundle), "--key", str(keyfile)]) == 0
+    lines = bundle.read_text().splitlines()
+    (tmp_path / "cut.bundle").write_text("\n".join(lines[:-1]) + "\n")
+    assert cli.main(["verify", str(tmp_path / "cut.bundle"), "--key", str(keyfile)]) == 1

@@ -64,6 +64,12 @@ class Spool:
         value = self._meta(key)
         return default if value is None else value
 
+    def set_meta(self, values: dict[str, object]) -> None:
+        """Store several meta entries in one transaction."""
+        with self.db:
+            for key, value in values.items():
+                self._set_meta(key, value)
+
     def next_seq(self) -> int:
         """The sequence number the next summary gets (1 for a new spool)."""
         return int(self._meta("last_seq") or 0) + 1

@@ -20,6 +20,7 @@ from typing import Any, Iterator
 import pytest
 
 from edge_agent.decode import discover
+from edge_agent.summary.sign import claims
 from edge_agent.transport.spool import Spool
 
 from .netns import CAPTURE_IF, MODBUS_PORT, Plant, missing_requirements
@@ -225,7 +226,7 @@ class Agent:
                 db.close()
         except sqlite3.OperationalError:          # created, but no table yet
             return []
-        return [json.loads(doc) for (doc,) in rows]
+        return [claims(doc) for (doc,) in rows]
 
     def summaries(self) -> list[dict[str, Any]]:
         """Every summary, through the spool's own reader (once the agent has stopped)."""
@@ -234,7 +235,7 @@ class Agent:
             return []
         spool = Spool(path)
         try:
-            return [dict(json.loads(doc), _seq=seq)
+            return [dict(claims(doc), _seq=seq)
                     for seq, doc in spool.documents(kind="summary")]
         finally:
             spool.close()

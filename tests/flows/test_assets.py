@@ -7,6 +7,7 @@ from edge_agent import cli
 from edge_agent.decode import Message
 from edge_agent.flows.assets import Inventory, is_host, mac_vendor
 from edge_agent.flows.table import Flow, MessageEvent
+from edge_agent.summary.sign import claims
 from edge_agent.transport.spool import Spool
 from tests.conftest import fixture_pcaps
 
@@ -80,7 +81,7 @@ def test_inventory_persists_and_summaries_carry_changes(tmp_path, capsys) -> Non
     pcap = [p for p in fixture_pcaps("modbus") if p.name == "modbus_example.pcap"][0]
     state = str(tmp_path)
     assert cli.main(["run", "-q", "--pcap", str(pcap), "--state-dir", state]) == 0
-    docs = [json.loads(d) for _, d in Spool(tmp_path / "spool.sqlite").documents()]
+    docs = [claims(d) for _, d in Spool(tmp_path / "spool.sqlite").documents()]
     new = [a for d in docs for a in d["assets"] if a["change"] == "new"]
     ident = [a["asset"] for a in new if a["asset"]["identity"]]
     assert ident and ident[0]["identity"]["vendor"] == "Zeek Modbus Test"
@@ -89,5 +90,5 @@ def test_inventory_persists_and_summaries_carry_changes(tmp_path, capsys) -> Non
     assert {a["key"] for a in listed} >= {a["asset"]["key"] for a in new}
     # A second run over the same capture knows these devices already.
     assert cli.main(["run", "-q", "--pcap", str(pcap), "--state-dir", state]) == 0
-    docs = [json.loads(d) for s, d in Spool(tmp_path / "spool.sqlite").documents(since=len(docs))]
+    docs = [claims(d) for s, d in Spool(tmp_path / "spool.sqlite").documents(since=len(docs))]
     assert not [a for d in docs for a in d["assets"] if a["change"] == "new"]
