@@ -1,9 +1,10 @@
 """Wires the stages together. Nothing here decodes, counts or stores by itself.
 
 ```
-capture ─▶ link ─▶ flows/decode ─▶ window ─▶ summary ─▶ spool
-(source)   (L4)    (FlowTable,     (Window,   (build)    (SummaryStore)
-                    sessions)       Inventory)
+capture ─▶ link ─▶ flows/decode ─▶ features ─▶ model ─▶ detect ─▶ summary ─▶ spool
+(source)   (L4)    (FlowTable,     (Feature-    (Scorer) (Detector, (build)   (SummaryStore,
+                    sessions,       Tracker)              baseline)  signed)   outbox)
+                    Inventory)                     findings ─▶ on_finding (alerts)
 ```
 
 The pipeline is driven by packet time only (``feed(ts, ...)``, ``tick(now)``), so replaying a
@@ -19,7 +20,9 @@ from edge_agent.capture.source import TICK, CaptureStats
 from edge_agent.config import Config
 from edge_agent.decode import Limits, Registry, discover
 from edge_agent.decode.link import BENIGN_DROPS, Dropped, parse
-from edge_agent.features.extract import ChannelVector, FeatureTracker
+from edge_agent.detect.profiles import Baseline, BaselineBuilder
+from edge_agent.detect.rules import Detector, Finding, load_rules
+from edge_agent.features.extract import ChannelVector, FeatureTracker, load_families
 from edge_agent.flows.assets import Inventory
 from edge_agent.flows.table import FlowLimits, FlowTable, MessageEvent
 from edge_agent.summary import build
@@ -89,13 +92,30 @@ class Pipeline:
                  on_event: EventHook | None = None, registry: Registry | None = None,
                  capture_stats: Callable[[], CaptureStats] | None = None,
                  inventory: Inventory | None = None,
-                 on_window: Callable[[list[ChannelVector]], None] | None = None) -> None:
+                 on_window: Callable[[list[ChannelVector]], None] | None = None,
+                 baseline: Baseline | None = None, scorer: Any = None,
+                 on_finding: Callable[[Finding], None] | None = None,
+                 learn_period: float = 0.0,
+                 on_learned: Callable[[Baseline], None] | None = None) -> None:
         self.cfg = cfg
         self.registry = registry or registry_for(cfg)
         self.table = FlowTable(self.registry, flow_limits(cfg))
         self.inventory = inventory or Inventory(cfg["limits"]["max_assets"])
-        self.features = FeatureTracker(max_channels=cfg["limits"]["max_flows"])
+        families = load_families()
+        self.features = FeatureTracker(families, max_channels=cfg["limits"]["max_flows"])
         self.on_window = on_window
+        det = cfg["detect"]
+        self.detector = Detector(load_rules(det["disabled"], det["severity"], det["params"]),
+                                 families, baseline, det["max_findings"])
+        self.scorer = scorer
+        self.on_finding = on_finding
+        # Live learning: without a baseline, watch for ``learn_period`` seconds of packet
+        # time, then detect against what was seen.
+        self.learner = (BaselineBuilder(families, cfg["limits"]["max_flows"])
+                        if learn_period > 0 and baseline is None else None)
+        self.learn_period = learn_period
+        self.learn_since: float | None = None
+        self.on_learned = on_learned
         self.window = build.Window(cfg["summary"]["window_s"])
         self.sink = sink
         self.on_event = on_event
@@ -120,6 +140,8 @@ class Pipeline:
             self._roll(ts)
         self.packets += 1
         self.last_ts = ts
+        if self.learner is not None and self.learn_since is None:
+            self.learn_since = ts
         win.packets += 1
         win.bytes += len(frame)
         p = parse(linktype, frame)
@@ -129,6 +151,10 @@ class Pipeline:
                 self.undecodable += 1
             return
         events = self.table.process(p, ts)
+        if self.table.new_flows:
+            for flow in self.table.new_flows:
+                self._found(self.detector.on_flow(flow, ts))
+            self.table.new_flows.clear()
         if events:
             self._events(events)
 
@@ -136,15 +162,28 @@ class Pipeline:
         hook = self.on_event
         win = self.window
         observe = self.features.observe
+        detect = self.detector.on_message
+        learner = self.learner
         for ev in events:
             msg = ev.message
             observe(ev)
+            if learner is not None:
+                learner.observe(ev)
+            found = detect(ev)
+            if found:
+                self._found(found)
             if msg.anomalies:
                 win.count_event(ev)
             if msg.identity:
                 self.inventory.observe_identity(ev)
             if hook is not None:
                 hook(ev)
+
+    def _found(self, findings: list[Finding]) -> None:
+        """New findings, as they happen (the alert path); summaries get them folded."""
+        if self.on_finding is not None:
+            for f in findings:
+                self.on_finding(f)
 
     def tick(self, now: float) -> None:
         """Time passes without packets (live capture on a quiet link): silence is reported too."""
@@ -155,21 +194,57 @@ class Pipeline:
 
     def _roll(self, now: float) -> None:
         if self.window.start is not None:
-            self._close_window(complete=True)
+            self._close_window(complete=True, now=now)
         self.window.open_at(now)
 
-    def _close_window(self, complete: bool) -> None:
-        vectors = self.features.close_window(self.window.length)
+    def _close_window(self, complete: bool, now: float) -> None:
+        win = self.window
+        # Rates are per second of traffic seen: the first window of a run, and the last,
+        # hold less than their nominal length.
+        span = min(win.end, now) - win.since
+        vectors = self.features.close_window(max(1.0, span))
         if self.on_window is not None:
             self.on_window(vectors)
-        flows = self.table.drain_window()
+        if self.learner is not None:
+            self._learn(vectors, now)
+        scores = self.scorer.score(vectors) if self.scorer is not None and vectors else None
+        self._found(self.detector.on_window(vectors, scores, self.last_ts))
+        flows, folded = self.table.drain_window()
         self.inventory.observe_flows(flows, self.last_ts)
-        body = build.build(self.window, flows, self.health(), self.max_summary_flows, complete)
+        body = build.build(self.window, flows, self.health(), self.max_summary_flows, complete,
+                           folded)
         body["assets"] = [{"change": c.change, "changes": list(c.changes), "asset": c.asset}
                           for c in self.inventory.drain_changes()]
+        body["findings"] = [f.as_dict() for f in self.detector.close_window()]
+        body["detection"] = self.detection_state()
         self.windows += 1
         if self.sink is not None:
             self.sink(body)
+
+    def _learn(self, vectors: list[ChannelVector], now: float) -> None:
+        learner = self.learner
+        learner.observe_window(vectors)
+        for v in vectors:
+            learner.observe_hosts(v.key[0], v.key[1])
+        if self.learn_since is not None and now - self.learn_since >= self.learn_period:
+            baseline = learner.build(source="live learning period")
+            self.learner = None
+            self.detector.baseline = baseline
+            if self.on_learned is not None:
+                self.on_learned(baseline)
+
+    def detection_state(self) -> dict[str, Any]:
+        """What the findings of a summary were judged against."""
+        base = self.detector.baseline
+        return {
+            "baseline": None if base is None else {k: base.meta.get(k) for k in
+                                                   ("learned_from", "learned_to", "windows")},
+            "baseline_rules": "on" if base is not None else
+                              "learning" if self.learner is not None else
+                              "off: no site baseline (edge-agent learn, or [learn] period_s)",
+            "model": None if self.scorer is None else self.scorer.describe(),
+            "suppressed_findings": self.detector.suppressed,
+        }
 
     def health(self) -> dict[str, Any]:
         stats = self.capture_stats() if self.capture_stats else CaptureStats()
@@ -186,6 +261,6 @@ class Pipeline:
         if events:
             self._events(events)
         if self.window.start is not None:
-            self._close_window(complete=False)
+            self._close_window(complete=False, now=self.last_ts)
             self.window.start = None
             self.window.end = float("inf")

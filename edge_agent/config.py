@@ -94,6 +94,21 @@ def _topic_prefix(value: str) -> str | None:
     return None
 
 
+def _rules_check(**tuning: Any) -> str | None:
+    from edge_agent.detect.rules import SEVERITIES, load_rules
+    for name, value in tuning.get("severity", {}).items():
+        if value not in SEVERITIES:
+            return f"{name}: severity must be one of {', '.join(SEVERITIES)}, not {value!r}"
+    for name, value in tuning.get("params", {}).items():
+        if "." not in name or not isinstance(value, (int, float)) or isinstance(value, bool):
+            return f"{name}: give \"rule.parameter\" = number"
+    try:
+        load_rules(**tuning)
+    except KeyError as exc:
+        return f"unknown rule {exc.args[0]!r} (see edge_agent/detect/rules.toml)"
+    return None
+
+
 MIB = 1024 * 1024
 SCHEMA: dict[str, dict[str, Key]] = {
     "agent": {
@@ -140,6 +155,17 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "reconnect_max_s": Key(float, 120.0, 1, 86_400),
         "max_inflight": Key(int, 20, 1, 1000),
         "alert_severity": Key(str, "high", choices=("low", "medium", "high", "critical")),
+    },
+    "detect": {
+        "disabled": Key(list, [], check=lambda v: _rules_check(disabled=v)),
+        "severity": Key(dict, {}, check=lambda v: _rules_check(severity=v)),
+        "params": Key(dict, {}, check=lambda v: _rules_check(params=v)),
+        "baseline": Key(str, ""),
+        "model": Key(str, ""),
+        "max_findings": Key(int, 1000, 10, 1_000_000),
+    },
+    "learn": {
+        "period_s": Key(float, 0.0, 0, 90 * 86_400),
     },
     "spool": {
         "max_bytes": Key(int, 256 * MIB, MIB, 1 << 40),

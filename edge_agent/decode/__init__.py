@@ -18,7 +18,7 @@ import importlib
 import pkgutil
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 import dpkt
 
@@ -27,9 +27,12 @@ DECODE_ERRORS = (dpkt.NeedData, dpkt.UnpackError, struct.error, IndexError, Valu
                  KeyError, UnicodeDecodeError, OverflowError)
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One decoded protocol message (a PDU), ready to become a per-message record."""
+class Message(NamedTuple):
+    """One decoded protocol message (a PDU), ready to become a per-message record.
+
+    A NamedTuple rather than a frozen dataclass: as immutable, and three times cheaper to
+    build, which counts at one or more messages per packet.
+    """
 
     proto: str
     fields: dict[str, Any]

@@ -21,7 +21,6 @@ length or length indicator disagreeing with the bytes), ``unknown_tpdu``,
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import struct
 from typing import Any, Callable
@@ -277,7 +276,7 @@ class COTPSession(Session):
         if msg is None:
             return []
         if an:
-            msg = dataclasses.replace(msg, anomalies=tuple(dict.fromkeys(an + list(msg.anomalies))))
+            msg = msg._replace(anomalies=tuple(dict.fromkeys(an + list(msg.anomalies))))
         return [msg]
 
     def _upper(self, tsdu: bytes, from_client: bool) -> Message | None:

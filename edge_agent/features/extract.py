@@ -83,7 +83,7 @@ def base_kind(kind: str) -> str:
 
 def is_error(proto: str, kind: str, fields: dict[str, Any]) -> bool:
     """An exception, error or negative reply, in any protocol's way of saying it."""
-    if kind.endswith("_exception") or "exception_code" in fields or "error_class" in fields:
+    if kind.endswith("_exception") or "exception_code" in fields or fields.get("error_class"):
         return True
     status = fields.get("status_code")
     return bool(status) and proto != "enip" and status not in (0, 6)
@@ -139,6 +139,13 @@ class ChannelVector:
     values: tuple[float, ...]      # in FEATURE_NAMES order
     messages: int
     flow_ids: tuple[int, ...]
+    # Raw figures the rules read (the values above are scaled for the model).
+    rate: float = 0.0              # messages per minute
+    mean_rate: float | None = None  # the channel's decayed rate before this window
+    history: int = 0               # windows the decayed rate has seen
+    iat_mean: float = 0.0          # mean seconds between requests
+    errors: int = 0
+    replies: int = 0
 
 
 class Knowledge:
@@ -175,6 +182,7 @@ class FeatureTracker:
         self.known = frozen or Knowledge(max_channels)
         self.learning_known = frozen is None
         self.dropped = 0
+        self.generation = 0
 
     def observe(self, ev: MessageEvent) -> None:
         msg = ev.message
@@ -225,7 +233,12 @@ class FeatureTracker:
 
     def _channel(self, ev: MessageEvent) -> ChannelWindow | None:
         flow = ev.flow
-        key = (flow.client_ip, flow.server_ip, ev.message.proto)
+        proto = ev.message.proto
+        slot = flow.feature_slot
+        # The flow remembers its channel for this window: no tuple and lookup per message.
+        if slot is not None and slot[0] == self.generation and slot[1] == proto:
+            return slot[2]
+        key = (flow.client_ip, flow.server_ip, proto)
         ch = self.window.get(key)
         if ch is None:
             if len(self.window) >= self.max_channels:
@@ -233,6 +246,7 @@ class FeatureTracker:
                 return None
             ch = self.window[key] = ChannelWindow()
         ch.flows[flow.flow_id] = flow
+        flow.feature_slot = (self.generation, proto, ch)
         return ch
 
     def close_window(self, length: float) -> list[ChannelVector]:
@@ -286,14 +300,18 @@ class FeatureTracker:
             v[21] = math.log1p(fanout[key[0]])
             v[22] = math.log1p(fanin[key[1]])
             v[23] = rate_dev
-            out.append(ChannelVector(key, tuple(v), ch.msgs, tuple(ch.flows)))
+            out.append(ChannelVector(key, tuple(v), ch.msgs, tuple(ch.flows), rate, ewma,
+                                     known.get("windows", 0) if known is not None else 0,
+                                     ch.iat_mean, ch.errors, ch.replies))
             if self.learning_known and known is not None:
                 known["funcs"] |= ch.funcs
                 if ch.addr_min >= 0:
                     lo, hi = known["ranges"].get("*", (ch.addr_min, ch.addr_max))
                     known["ranges"]["*"] = (min(lo, ch.addr_min), max(hi, ch.addr_max))
                 known["ewma_rate"] = rate if ewma is None else (1 - EWMA_ALPHA) * ewma + EWMA_ALPHA * rate
+                known["windows"] = known.get("windows", 0) + 1
         self.window = {}
+        self.generation += 1
         return out
 
     @staticmethod

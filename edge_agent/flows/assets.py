@@ -89,7 +89,8 @@ class Inventory:
     def __init__(self, max_assets: int = 4096) -> None:
         self.max_assets = max_assets
         self.assets: OrderedDict[str, Asset] = OrderedDict()
-        self.mac_ips: dict[str, set[str]] = {}
+        # MAC -> IPs seen with it, to tell a router's MAC; bounded like the assets.
+        self.mac_ips: OrderedDict[str, set[str]] = OrderedDict()
         self.evicted = 0
         self._new: set[str] = set()
         self._changed: dict[str, list[dict[str, Any]]] = {}
@@ -123,7 +124,13 @@ class Inventory:
             asset.vlan = vlan
         if mac_raw and any(mac_raw):
             mac = _mac(mac_raw)
-            ips = self.mac_ips.setdefault(mac, set())
+            ips = self.mac_ips.get(mac)
+            if ips is None:
+                if len(self.mac_ips) >= self.max_assets:
+                    self.mac_ips.popitem(last=False)
+                ips = self.mac_ips[mac] = set()
+            else:
+                self.mac_ips.move_to_end(mac)
             if len(ips) <= ROUTER_MAC_IPS:
                 ips.add(ip)
             if len(ips) <= ROUTER_MAC_IPS and asset.mac != mac:

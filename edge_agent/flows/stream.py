@@ -65,9 +65,11 @@ class Stream:
         if rel > 0:
             if not self.ooo:
                 self.ooo_since = now
-            if seq not in self.ooo:
+            held = self.ooo.get(seq)
+            if held is None or len(data) > len(held):
+                # A longer retransmission of a held segment carries more: keep it.
                 self.ooo[seq] = data
-                self.ooo_bytes += len(data)
+                self.ooo_bytes += len(data) - (len(held) if held is not None else 0)
             if (len(self.ooo) > self.max_ooo or self.ooo_bytes + len(self.buf) > self.max_buffer
                     or now - self.ooo_since > HOLE_TIMEOUT):
                 return self.skip_hole()

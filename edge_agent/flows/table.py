@@ -63,7 +63,7 @@ class Flow:
                  "session", "proto", "streams", "first_ts", "last_ts", "pkts", "bytes",
                  "messages", "probes", "dead", "closed", "client_ip", "server_ip",
                  "w_pkts", "w_bytes", "w_msgs", "w_hist", "w_anomalies", "vlan",
-                 "client_mac", "server_mac")
+                 "client_mac", "server_mac", "feature_slot")
 
     def __init__(self, transport: str, client: bytes, cport: int, server: bytes, sport: int,
                  ts: float) -> None:
@@ -86,6 +86,7 @@ class Flow:
         self.closed = False
         self.vlan: int | None = None
         self.client_mac = self.server_mac = b""
+        self.feature_slot: tuple | None = None     # the feature tracker's per-window cache
         self.reset_window()
 
     def reset_window(self) -> None:
@@ -112,6 +113,10 @@ class FlowTable:
         self.limits = limits
         self.flows: OrderedDict[tuple, Flow] = OrderedDict()
         self.touched: dict[int, Flow] = {}
+        # Window counters of flows that ended while ``touched`` was full, per protocol:
+        # [flows, packets, bytes, messages]. Keeps a connection storm from growing memory.
+        self.folded: dict[str, list[int]] = {}
+        self.new_flows: list[Flow] = []       # created since the caller last emptied it
         self.last_sweep = 0.0
         self.evicted_idle = 0
         self.evicted_full = 0
@@ -140,9 +145,10 @@ class FlowTable:
         flow.last_ts = now
         flow.pkts[d] += 1
         flow.bytes[d] += size
+        if not flow.w_pkts:
+            self.touched[flow.flow_id] = flow
         flow.w_pkts += 1
         flow.w_bytes += size
-        self.touched[flow.flow_id] = flow
         if p.transport == "tcp":
             if p.flags & (TCP_FIN | TCP_RST):
                 flow.closed = True
@@ -183,6 +189,7 @@ class FlowTable:
             self.evicted_full += 1
             self._close_flow(old, now, out)
         self.flows[key] = flow
+        self.new_flows.append(flow)
         self.created += 1
         if p.transport == "tcp" and p.flags & TCP_SYN:
             self._streams(flow)[0 if not src_is_server else 1].syn(p.seq)
@@ -294,6 +301,13 @@ class FlowTable:
             for msg in flow.session.close(now):
                 self._emit(flow, msg, True, now, out)
         flow.streams = None
+        if len(self.touched) > self.limits.max_flows and flow.flow_id in self.touched:
+            del self.touched[flow.flow_id]
+            agg = self.folded.setdefault(flow.proto, [0, 0, 0, 0])
+            agg[0] += 1
+            agg[1] += flow.w_pkts
+            agg[2] += flow.w_bytes
+            agg[3] += flow.w_msgs
 
     def close_all(self, now: float) -> list[MessageEvent]:
         out: list[MessageEvent] = []
@@ -302,8 +316,11 @@ class FlowTable:
             self._close_flow(flow, now, out)
         return out
 
-    def drain_window(self) -> list[Flow]:
-        """Flows active since the last call (their window counters are then reset by the caller)."""
-        flows = list(self.touched.values())
-        self.touched = {}
-        return flows
+    def drain_window(self) -> tuple[list[Flow], dict[str, list[int]]]:
+        """Flows active since the last call, and the folded counters of those not kept.
+
+        The caller resets the flows' window counters.
+        """
+        flows, folded = list(self.touched.values()), self.folded
+        self.touched, self.folded = {}, {}
+        return flows, folded

@@ -23,13 +23,18 @@ class Window:
         self.length = length
         self.start: float | None = None
         self.end = math.inf
+        self.since = 0.0
         self.packets = 0
         self.bytes = 0
         self.anomalies: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
 
     def open_at(self, now: float) -> None:
-        self.start = math.floor(now / self.length) * self.length
+        start = math.floor(now / self.length) * self.length
+        # Traffic was watched from the window's start only if it follows the previous window;
+        # the first window of a run (or after a jump in time) starts being watched at ``now``.
+        self.since = start if start == self.end else now
+        self.start = start
         self.end = self.start + self.length
         self.packets = self.bytes = 0
         self.anomalies = Counter()
@@ -58,15 +63,20 @@ def flow_entry(flow: Flow) -> dict[str, Any]:
 
 
 def build(window: Window, flows: list[Flow], health: dict[str, Any], max_flows: int,
-          complete: bool) -> dict[str, Any]:
-    """The summary body; identity, ``seq`` and chaining are added by whoever stores it."""
+          complete: bool, folded: dict[str, list[int]] | None = None) -> dict[str, Any]:
+    """The summary body; identity, ``seq`` and chaining are added by whoever stores it.
+
+    ``folded`` holds per-protocol counters of flows the table could not keep listed.
+    """
     protocols: dict[str, dict[str, int]] = {}
-    for flow in flows:
-        p = protocols.setdefault(flow.proto, {"flows": 0, "packets": 0, "bytes": 0, "messages": 0})
-        p["flows"] += 1
-        p["packets"] += flow.w_pkts
-        p["bytes"] += flow.w_bytes
-        p["messages"] += flow.w_msgs
+    rows = [(f.proto, 1, f.w_pkts, f.w_bytes, f.w_msgs) for f in flows]
+    rows += [(proto, *agg) for proto, agg in (folded or {}).items()]
+    for proto, n, pkts, size, msgs in rows:
+        p = protocols.setdefault(proto, {"flows": 0, "packets": 0, "bytes": 0, "messages": 0})
+        p["flows"] += n
+        p["packets"] += pkts
+        p["bytes"] += size
+        p["messages"] += msgs
     # OT flows first, then the busiest, so a cap drops the least telling entries.
     ranked = sorted(flows, key=lambda f: (f.decoder is None, -f.w_msgs, -f.w_bytes))
     body = {
@@ -75,7 +85,7 @@ def build(window: Window, flows: list[Flow], health: dict[str, Any], max_flows: 
         "window": {"start": window.start, "end": window.end, "complete": complete},
         "protocols": dict(sorted(protocols.items())),
         "flows": [flow_entry(f) for f in ranked[:max_flows]],
-        "flows_omitted": max(0, len(ranked) - max_flows),
+        "flows_omitted": max(0, len(ranked) - max_flows) + sum(a[0] for a in (folded or {}).values()),
         "anomalies": dict(sorted(window.anomalies.items())),
         "health": {"packets": window.packets, "bytes": window.bytes,
                    "link_drops": dict(sorted(window.drops.items())), **health},

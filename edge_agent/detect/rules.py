@@ -1,0 +1,344 @@
+"""The rule engine: decoded traffic and model scores in, findings out.
+
+Rules are data (``rules.toml``); this module only knows the handful of *kinds* of check a rule
+can ask for. Per message the engine does a dictionary lookup or two (message rules are indexed
+by protocol, family and kind); baseline rules run only when a site baseline exists; window
+rules (error storms, rate spikes, the model) run once per window.
+
+Repeats fold: a finding is keyed by rule, endpoints and detail, and a repeat within the window
+only raises its count, so one finding is reported (and alerted) once per window with a count.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from typing import Any, Iterable
+
+from edge_agent.detect.profiles import Baseline
+from edge_agent.events import to_record
+from edge_agent.features.extract import ChannelVector, address_of, base_kind, unit_of
+from edge_agent.flows.table import Flow, MessageEvent
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+SEVERITIES = ("low", "medium", "high", "critical")
+RANK = {s: i for i, s in enumerate(SEVERITIES)}
+WHEN = ("message", "first_write", "new_function", "address", "new_talker", "new_device",
+        "scan", "error_storm", "anomalies", "rate_spike", "model")
+BASELINE_RULES = frozenset({"first_write", "new_function", "address", "new_talker", "new_device"})
+RULE_META = frozenset({"id", "title", "when", "severity", "technique", "reason", "protocols",
+                       "families", "kinds", "fields", "prefixes", "exclude"})
+MAX_MESSAGES = 3          # messages kept as evidence per finding
+MAX_PER_SOURCE = 4096     # servers/ports remembered per source per window for scan detection
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    title: str
+    when: str
+    severity: str
+    technique: str
+    reason: str
+    protocols: frozenset[str] = frozenset()
+    families: frozenset[str] = frozenset()
+    kinds: frozenset[str] = frozenset()
+    fields: tuple[tuple[str, frozenset], ...] = ()
+    prefixes: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    params: dict[str, float] = field(default_factory=dict)
+
+
+def load_rules(disabled: Iterable[str] = (), severity: dict[str, str] | None = None,
+               params: dict[str, float] | None = None) -> list[Rule]:
+    """The shipped rules with the configuration's noise controls applied."""
+    text = resources.files("edge_agent.detect").joinpath("rules.toml").read_text("utf-8")
+    rules = []
+    for raw in tomllib.loads(text)["rule"]:
+        if raw["when"] not in WHEN or raw["severity"] not in SEVERITIES:
+            raise ValueError(f"rules.toml: rule {raw['id']}: bad when or severity")
+        rules.append(Rule(
+            raw["id"], raw["title"], raw["when"], raw["severity"], raw["technique"],
+            raw["reason"], frozenset(raw.get("protocols", ())), frozenset(raw.get("families", ())),
+            frozenset(raw.get("kinds", ())),
+            tuple((k, frozenset(v if isinstance(v, list) else [v]))
+                  for k, v in raw.get("fields", {}).items()),
+            tuple(raw.get("prefixes", ())), tuple(raw.get("exclude", ())),
+            {k: float(v) for k, v in raw.items() if k not in RULE_META}))
+    known = {r.id for r in rules}
+    for name in [*disabled, *(severity or {}), *(k.split(".")[0] for k in (params or {}))]:
+        if name not in known:
+            raise KeyError(name)
+    out = []
+    for r in rules:
+        if r.id in set(disabled):
+            continue
+        tuned = {k.split(".", 1)[1]: float(v) for k, v in (params or {}).items()
+                 if k.split(".")[0] == r.id}
+        out.append(replace(r, severity=(severity or {}).get(r.id, r.severity),
+                           params={**r.params, **tuned}))
+    return out
+
+
+@dataclass
+class Finding:
+    rule: str
+    title: str
+    severity: str
+    technique: str
+    reason: str
+    detail: str
+    first_ts: float
+    last_ts: float
+    count: int = 1
+    src_ip: str | None = None
+    dest_ip: str | None = None
+    proto: str | None = None
+    flow_ids: list[int] = field(default_factory=list)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    explanation: list[dict[str, Any]] | None = None     # model findings: top features
+    score: float | None = None
+    threshold: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if v is not None}
+        d["attack_technique"] = d.pop("technique")
+        return d
+
+
+class Detector:
+    """Findings from messages, new flows and windows (a stage: values in, values out)."""
+
+    def __init__(self, rules: list[Rule], families: dict[tuple[str, str], str],
+                 baseline: Baseline | None = None, max_findings: int = 1000) -> None:
+        self.rules = rules
+        self.families = families
+        self.baseline = baseline
+        self.max_findings = max_findings
+        self.by_family: dict[str, list[Rule]] = {}
+        self.by_kind: dict[str, list[Rule]] = {}
+        self.kinds: dict[str, list[Rule]] = {w: [] for w in WHEN}
+        for r in rules:
+            self.kinds[r.when].append(r)
+            if r.when == "message":
+                for fam in r.families:
+                    self.by_family.setdefault(fam, []).append(r)
+                for kind in r.kinds:
+                    self.by_kind.setdefault(kind, []).append(r)
+        self.findings: dict[tuple, Finding] = {}
+        self.suppressed = 0
+        self._reset_window_state()
+
+    def _reset_window_state(self) -> None:
+        self.checked_flows: set[int] = set()
+        self.src_servers: dict[str, set[str]] = {}
+        self.src_ports: dict[tuple[str, str], set[int]] = {}
+        self.units: dict[tuple[str, str], set[int]] = {}
+        self.anomaly_counts: dict[tuple[str, int], int] = {}
+        self.scan_reported: set[tuple[str, str]] = set()
+
+    # -- findings ----------------------------------------------------------------------------
+
+    def _find(self, rule: Rule, detail: str, ts: float, flow: Flow | None = None,
+              ev: MessageEvent | None = None, src: str | None = None, dst: str | None = None,
+              proto: str | None = None, flow_ids: list[int] | None = None,
+              **extra: Any) -> Finding | None:
+        """Record a finding; return it only when it is new in this window (to alert on)."""
+        if flow is not None:
+            src, dst = src or flow.client_ip, dst or flow.server_ip
+            proto = proto or (ev.message.proto if ev else flow.proto)
+        key = (rule.id, src, dst, proto, detail)
+        f = self.findings.get(key)
+        if f is not None:
+            f.count += 1
+            f.last_ts = max(f.last_ts, ts)
+            if ev is not None and len(f.messages) < MAX_MESSAGES:
+                f.messages.append(to_record(ev))
+            return None
+        if len(self.findings) >= self.max_findings:
+            self.suppressed += 1
+            return None
+        if flow_ids is None:
+            flow_ids = [flow.flow_id] if flow is not None else []
+        f = Finding(rule.id, rule.title, rule.severity, rule.technique, rule.reason, detail, ts,
+                    ts, 1, src, dst, proto, flow_ids, [to_record(ev)] if ev is not None else [],
+                    **extra)
+        self.findings[key] = f
+        return f
+
+    def close_window(self) -> list[Finding]:
+        """Every finding of the window (folded), most severe first; the window restarts."""
+        out = sorted(self.findings.values(), key=lambda f: (-RANK[f.severity], f.first_ts))
+        self.findings = {}
+        self._reset_window_state()
+        return out
+
+    # -- per message -------------------------------------------------------------------------
+
+    def on_message(self, ev: MessageEvent) -> list[Finding]:
+        msg = ev.message
+        new: list[Finding] = []
+        if msg.anomalies and self.kinds["anomalies"]:
+            self._anomalies(ev, new)
+        kind = msg.kind
+        if not kind or msg.is_request is False:
+            return new
+        proto = msg.proto
+        base = base_kind(kind)
+        family = self.families.get((proto, base), "other")
+        for rule in (*self.by_family.get(family, ()), *self.by_kind.get(base, ())):
+            if rule.protocols and proto not in rule.protocols:
+                continue
+            if rule.fields and not all(msg.fields.get(k) in vals for k, vals in rule.fields):
+                continue
+            # One program upload is several messages: fold them by family, not by function.
+            what = family if family in rule.families else base
+            f = self._find(rule, f"{proto} {what}", ev.ts, ev.flow, ev)
+            if f is not None:
+                new.append(f)
+        unit = unit_of(msg.fields)
+        if unit is not None and self.kinds["scan"]:
+            self._unit_scan(ev, unit, new)
+        if self.baseline is not None:
+            self._baseline_checks(ev, proto, base, family, new)
+        return new
+
+    def _anomalies(self, ev: MessageEvent, new: list[Finding]) -> None:
+        for rule in self.kinds["anomalies"]:
+            hits = sum(1 for a in ev.message.anomalies
+                       if a.startswith(rule.prefixes) and not a.startswith(rule.exclude or ("\0",)))
+            if not hits:
+                continue
+            key = (rule.id, ev.flow.flow_id)
+            count = self.anomaly_counts.get(key, 0) + hits
+            self.anomaly_counts[key] = count
+            if count >= rule.params.get("threshold", 1):
+                names = ", ".join(sorted(set(ev.message.anomalies)))
+                f = self._find(rule, names if rule.params.get("threshold", 1) <= 1
+                               else f"{ev.message.proto} anomalies", ev.ts, ev.flow, ev)
+                if f is not None:
+                    f.count = count
+                    new.append(f)
+
+    def _unit_scan(self, ev: MessageEvent, unit: int, new: list[Finding]) -> None:
+        flow = ev.flow
+        units = self.units.setdefault((flow.client_ip, flow.server_ip), set())
+        if len(units) >= MAX_PER_SOURCE or unit in units:
+            return
+        units.add(unit)
+        for rule in self.kinds["scan"]:
+            if len(units) == int(rule.params.get("units", 16)):
+                f = self._find(rule, f"{len(units)} unit ids on {flow.server_ip}", ev.ts, flow, ev)
+                if f is not None:
+                    new.append(f)
+
+    def _baseline_checks(self, ev: MessageEvent, proto: str, base: str, family: str,
+                         new: list[Finding]) -> None:
+        flow = ev.flow
+        key = (flow.client_ip, flow.server_ip, proto)
+        known = self.baseline.channels.get(key)
+        if flow.flow_id not in self.checked_flows:
+            self.checked_flows.add(flow.flow_id)
+            if known is None:
+                for rule in self.kinds["new_talker"]:
+                    f = self._find(rule, f"{proto} client {flow.client_ip}", ev.ts, flow, ev)
+                    if f is not None:
+                        new.append(f)
+        if family == "write" and (known is None or "write" not in known["families"]):
+            for rule in self.kinds["first_write"]:
+                f = self._find(rule, f"{proto} {base}", ev.ts, flow, ev)
+                if f is not None:
+                    new.append(f)
+        if known is None:
+            return
+        if base not in known["funcs"]:
+            for rule in self.kinds["new_function"]:
+                f = self._find(rule, f"{proto} {base}", ev.ts, flow, ev)
+                if f is not None:
+                    new.append(f)
+        addr = address_of(ev.message.fields)
+        rng = known["ranges"].get(family)
+        if addr is not None and rng is not None and not rng[0] <= addr <= rng[1]:
+            for rule in self.kinds["address"]:
+                f = self._find(rule, f"{proto} {family} address {addr} outside {rng[0]}..{rng[1]}",
+                               ev.ts, flow, ev)
+                if f is not None:
+                    new.append(f)
+
+    # -- per flow ----------------------------------------------------------------------------
+
+    def on_flow(self, flow: Flow, now: float) -> list[Finding]:
+        """A new flow: scans and, with a baseline, devices nobody has seen."""
+        new: list[Finding] = []
+        if flow.transport == "ether":
+            return new
+        client, server = flow.client_ip, flow.server_ip
+        if self.kinds["scan"]:
+            servers = self.src_servers.setdefault(client, set())
+            ports = self.src_ports.setdefault((client, server), set())
+            if len(servers) < MAX_PER_SOURCE:
+                servers.add(server)
+            if len(ports) < MAX_PER_SOURCE:
+                ports.add(flow.sport)
+            for rule in self.kinds["scan"]:
+                for what, n in (("servers", len(servers)), ("ports", len(ports))):
+                    limit = int(rule.params.get(what, 10))
+                    if n >= limit and (client, what) not in self.scan_reported:
+                        self.scan_reported.add((client, what))
+                        detail = (f"{n} devices reached" if what == "servers"
+                                  else f"{n} ports of {server} probed")
+                        f = self._find(rule, detail, now, flow, src=client, dst=None
+                                       if what == "servers" else server, proto=flow.transport)
+                        if f is not None:
+                            new.append(f)
+        if self.baseline is not None:
+            for ip in (client, server):
+                if ip not in self.baseline.assets:
+                    for rule in self.kinds["new_device"]:
+                        f = self._find(rule, f"device {ip}", now, flow, src=ip, dst=None,
+                                       proto=flow.proto)
+                        if f is not None:
+                            new.append(f)
+        return new
+
+    # -- per window --------------------------------------------------------------------------
+
+    def on_window(self, vectors: list[ChannelVector], scores: list[Any] | None,
+                  now: float) -> list[Finding]:
+        new: list[Finding] = []
+        for i, v in enumerate(vectors):
+            client, server, proto = v.key
+            for rule in self.kinds["error_storm"]:
+                if (v.errors >= rule.params.get("threshold", 20) and v.replies
+                        and v.errors / v.replies >= rule.params.get("ratio", 0.5)):
+                    f = self._find(rule, f"{v.errors} of {v.replies} replies are errors", now,
+                                   src=client, dst=server, proto=proto, flow_ids=list(v.flow_ids))
+                    if f is not None:
+                        new.append(f)
+            for rule in self.kinds["rate_spike"]:
+                if (v.mean_rate is not None and v.history >= rule.params.get("min_history", 3)
+                        and v.messages >= rule.params.get("min_messages", 200)
+                        and v.rate > rule.params.get("factor", 10.0) * max(v.mean_rate, 1.0)):
+                    f = self._find(rule, f"{v.rate:.0f} messages/min against {v.mean_rate:.0f} usual",
+                                   now, src=client, dst=server, proto=proto,
+                                   flow_ids=list(v.flow_ids))
+                    if f is not None:
+                        new.append(f)
+            if scores is not None and scores[i].anomalous:
+                s = scores[i]
+                for rule in self.kinds["model"]:
+                    top = ", ".join(e["feature"] for e in s.explanation)
+                    sev = "high" if s.score > 3 * s.threshold else rule.severity
+                    f = self._find(replace(rule, severity=sev), f"score {s.score:.3g} > "
+                                   f"{s.threshold:.3g}; top features: {top}", now, src=client,
+                                   dst=server, proto=proto, flow_ids=list(v.flow_ids),
+                                   explanation=s.explanation, score=s.score,
+                                   threshold=s.threshold)
+                    if f is not None:
+                        new.append(f)
+        return new
+
