@@ -65,6 +65,7 @@ class SummaryStore:
     site: str
     key: DeviceKey
     assets: AssetStore | None = None
+    on_stored: Callable[[], None] | None = None       # the transport's wake-up
 
     def __call__(self, body: dict[str, Any]) -> int:
         if self.assets is not None:
@@ -77,12 +78,16 @@ class SummaryStore:
         token = self.key.sign(dumps(doc))
         self.spool.append("summary", body["window"]["start"], token, seq=seq,
                           meta={"chain_head": token_hash(token)})
+        if self.on_stored is not None:
+            self.on_stored()
         return seq
 
     def document(self, kind: str, payload: dict[str, Any], ts: float) -> None:
         """Sign and store a document that is not a summary (alert, status, command result)."""
-        doc = {"type": kind, "agent_id": self.agent_id, "site": self.site, **payload}
+        doc = {"type": kind, "agent_id": self.agent_id, "site": self.site, "ts": ts, **payload}
         self.spool.append(kind, ts, self.key.sign(dumps(doc)))
+        if self.on_stored is not None:
+            self.on_stored()
 
 
 class Pipeline:

@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from edge_agent import __version__
-from edge_agent.agent import Pipeline, SummaryStore
+from edge_agent.agent import Pipeline
 from edge_agent.capture.source import CaptureError, FileSource, LiveSource
 from edge_agent.config import Config, ConfigError, load, sample_text
 from edge_agent.events import to_record
-from edge_agent.flows.assets import Inventory
 from edge_agent.summary.report import CaptureReport, render
-from edge_agent.summary.sign import KEY_FILE, DeviceKey
+from edge_agent.service import Agent
 from edge_agent.tools import ToolError, register_all
 from edge_agent.transport.assets import AssetStore
 from edge_agent.transport.spool import Spool
@@ -82,42 +81,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("edge-agent run: give --pcap FILE... or --interface IFACE "
               "(or capture.interface in the config)", file=sys.stderr)
         return EXIT_CONFIG
-    state = Path(cfg["agent"]["state_dir"])
-    # Replaying files forces no write to disk per window (hundreds a second): the input can
-    # be replayed, and WAL still keeps every summary whole through a crash of the process.
-    fsync = "off" if args.pcap else cfg["spool"]["fsync"]
-    spool = Spool(state / "spool.sqlite", cfg["spool"]["max_bytes"], fsync)
-    assets = AssetStore(state / "assets.sqlite")
-    inventory = Inventory(cfg["limits"]["max_assets"])
-    inventory.load(assets.load())
-    key_file = state / KEY_FILE
-    # The first run creates the device key, so `run` works with no set-up at all.
-    key = DeviceKey.load(key_file) if key_file.exists() else DeviceKey.create(key_file)
-    log.debug("device key %s (kid %s)", key_file, key.kid)
-    store = SummaryStore(spool, cfg.agent_id, cfg["agent"]["site"], key, assets)
     stats = source.update_stats if isinstance(source, LiveSource) else (lambda: source.stats)
-    pipe = Pipeline(cfg, sink=store, capture_stats=stats, inventory=inventory)
+    agent = Agent(cfg, stats, replay=bool(args.pcap))
     _stop_on_signals(source.stop)
-    first = spool.next_seq()
+    first = agent.spool.next_seq()
+    spool_path = agent.spool.path
     if isinstance(source, FileSource):
         progress = Progress(source, sys.stderr.isatty() and not args.quiet)
-        for n, (ts, linktype, frame) in enumerate(source):
-            pipe.feed(ts, linktype, frame)
-            if not n & 1023:
-                progress.draw()
-        pipe.finish()
+        agent.run(source, progress.draw)
         progress.draw(force=True)
     else:
         log.info("capturing on %s", cap["interface"])
-        pipe.run(source)
-    last = spool.next_seq() - 1
+        agent.run(source)
+    pipe = agent.pipeline
     if not args.quiet:
-        written = last - first + 1
+        last = Spool(spool_path).next_seq() - 1
         print(f"{pipe.packets} packets, {pipe.windows} window(s); summaries "
-              f"{first}..{last} in {spool.path}" if written else
+              f"{first}..{last} in {spool_path}" if last >= first else
               f"{pipe.packets} packets; no summary written (no packets)", file=sys.stderr)
-    spool.close()
-    assets.close()
     return 0
 
 

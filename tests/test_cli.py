@@ -50,7 +50,7 @@ def test_run_all_fixtures_in_one_go_and_again(tmp_path) -> None:
            "--state-dir", str(tmp_path)]
     first = subprocess.run(cmd, capture_output=True, text=True)
     assert first.returncode == 0 and "Traceback" not in first.stderr
-    n = Spool(tmp_path / "spool.sqlite").count()
+    n = len(list(Spool(tmp_path / "spool.sqlite").documents()))
     second = subprocess.run(cmd, capture_output=True, text=True)
     assert second.returncode == 0
     seqs = [s for s, _ in Spool(tmp_path / "spool.sqlite").documents()]

@@ -50,7 +50,9 @@ class Spool:
                 self._set_meta("schema_version", SCHEMA_VERSION)
             elif int(version) > SCHEMA_VERSION:
                 raise RuntimeError(f"{self.path}: schema {version} is newer than this agent's")
-        self._size = int(self.db.execute(
+        size = self._meta("size_bytes")
+        # Kept in meta so opening a full spool on an SD card does not read every document.
+        self._size = int(size) if size is not None else int(self.db.execute(
             "SELECT coalesce(sum(length(doc)), 0) FROM documents").fetchone()[0])
 
     def _meta(self, key: str) -> str | None:
@@ -106,6 +108,7 @@ class Spool:
                 self._set_meta("last_seq", seq)
             for key, value in (meta or {}).items():
                 self._set_meta(key, value)
+            self._set_meta("size_bytes", size)
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
@@ -117,15 +120,24 @@ class Spool:
         """Summary numbers dropped and not yet reported in a stored summary."""
         return json.loads(self._meta("dropped_unreported") or "[]")
 
-    def unpublished(self, limit: int = 100) -> list[tuple[int, str, str]]:
+    def unpublished(self, limit: int = 100,
+                    exclude_kinds: frozenset[str] | set[str] = frozenset()) -> list[tuple[int, str, str]]:
         """The oldest documents not yet acknowledged by the broker: ``(id, kind, doc)``."""
-        return self.db.execute("SELECT id, kind, doc FROM documents WHERE published = 0 "
-                               "ORDER BY id LIMIT ?", (limit,)).fetchall()
+        kinds = sorted(exclude_kinds)
+        marks = f" AND kind NOT IN ({','.join('?' * len(kinds))})" if kinds else ""
+        return self.db.execute(f"SELECT id, kind, doc FROM documents WHERE published = 0{marks} "
+                               "ORDER BY id LIMIT ?", (*kinds, limit)).fetchall()
 
     def mark_published(self, ids: list[int]) -> None:
-        with self.db:
+        """Acknowledged documents, in one transaction (one fsync, not one per id)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
             self.db.executemany("UPDATE documents SET published = 1 WHERE id = ?",
                                 [(i,) for i in ids])
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
 
     def size_bytes(self) -> int:
         return self._size
