@@ -49,8 +49,10 @@ class Baseline:
                          if s == server and p == proto and "write" in info["families"])
 
     def as_dict(self) -> dict[str, Any]:
+        def plain(info: dict[str, Any]) -> dict[str, Any]:
+            return {k: sorted(v) if isinstance(v, (set, frozenset)) else v for k, v in info.items()}
         return {"schema": BASELINE_SCHEMA, **self.meta, "assets": sorted(self.assets),
-                "channels": [{"client": c, "server": s, "proto": p, **info}
+                "channels": [{"client": c, "server": s, "proto": p, **plain(info)}
                              for (c, s, p), info in sorted(self.channels.items())]}
 
     @classmethod

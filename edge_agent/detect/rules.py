@@ -195,8 +195,8 @@ class Detector:
                 continue
             if rule.fields and not all(msg.fields.get(k) in vals for k, vals in rule.fields):
                 continue
-            # One program upload is several messages: fold them by family, not by function.
-            what = family if family in rule.families else base
+            # One program transfer is several messages: fold them by family, not by function.
+            what = family if family.startswith("program") and family in rule.families else base
             f = self._find(rule, f"{proto} {what}", ev.ts, ev.flow, ev)
             if f is not None:
                 new.append(f)
@@ -299,8 +299,8 @@ class Detector:
             for ip in (client, server):
                 if ip not in self.baseline.assets:
                     for rule in self.kinds["new_device"]:
-                        f = self._find(rule, f"device {ip}", now, flow, src=ip, dst=None,
-                                       proto=flow.proto)
+                        f = self._find(rule, f"device {ip}", now, src=ip, proto=flow.proto,
+                                       flow_ids=[flow.flow_id])
                         if f is not None:
                             new.append(f)
         return new

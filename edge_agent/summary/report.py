@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from typing import Any
 
+from edge_agent.detect.rules import RANK
 from edge_agent.flows.table import Flow, MessageEvent
 
 TOP_TALKERS = 20
@@ -54,7 +55,18 @@ class CaptureReport:
                      "other": c[(func, "message")]}
                     for func in sorted({k[0] for k in c})]
             for proto, c in sorted(self.functions.items())}
+        findings: dict[tuple, dict[str, Any]] = {}
+        for s in summaries:
+            for f in s.get("findings", ()):
+                key = (f["rule"], f.get("src_ip"), f.get("dest_ip"), f["detail"])
+                if key in findings:
+                    findings[key]["count"] += f["count"]
+                    findings[key]["last_ts"] = f["last_ts"]
+                else:
+                    findings[key] = dict(f)
         return {
+            "findings": sorted(findings.values(), key=lambda f: (-RANK[f["severity"]], f["first_ts"])),
+            "detection": summaries[-1].get("detection") if summaries else None,
             "packets": health["packets"], "bytes": health["bytes"],
             "first_ts": summaries[0]["window"]["start"] if summaries else None,
             "windows": len(summaries),
@@ -83,6 +95,19 @@ def render(rep: dict[str, Any]) -> str:
         lines += _table(["function", "requests", "responses", "exceptions"] + ["other"] * other,
                         [[f["func"], f["requests"], f["responses"], f["exceptions"]]
                          + [f["other"]] * other for f in funcs])
+    lines += ["", "Findings" if rep["findings"] else "Findings: none"]
+    for f in rep["findings"]:
+        where = " -> ".join(x for x in (f.get("src_ip"), f.get("dest_ip")) if x)
+        lines.append(f"  {f['severity'].upper():8} {f['title']} [{f['attack_technique']}] "
+                     f"{where} x{f['count']}")
+        lines.append(f"           {f['detail']}")
+        lines.append(f"           why: {f['reason']}")
+        for e in f.get("explanation") or ():
+            lines.append(f"           {e['feature']}: observed {e['observed']:.3g}, "
+                         f"expected {e['expected']:.3g}")
+    det = rep.get("detection") or {}
+    if det and det.get("baseline_rules", "").startswith("off"):
+        lines.append(f"  (baseline rules {det['baseline_rules']})")
     lines += ["", "Anomalies" if rep["anomalies"] else "Anomalies: none"]
     if rep["anomalies"]:
         lines += _table(["anomaly", "count"], [[k, v] for k, v in rep["anomalies"].items()])

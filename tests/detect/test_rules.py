@@ -131,3 +131,32 @@ def test_rules_data_is_complete() -> None:
     assert len({r.id for r in rules}) == len(rules)
     for r in rules:
         assert r.technique.startswith("T0") and r.reason and r.title
+
+
+def test_learn_then_run_from_the_command_line(tmp_path, capsys) -> None:
+    from edge_agent import cli
+    from edge_agent.summary.sign import claims
+    from edge_agent.transport.spool import Spool
+    (normal,) = [p for p in fixture_pcaps("modbus") if p.name == "modbus_modbus.pcap"]
+    state = str(tmp_path)
+    assert cli.main(["learn", "--pcap", str(normal), "--state-dir", state]) == 0
+    base = Baseline.load(tmp_path / "baseline.json")
+    assert ("10.0.0.57", "10.0.0.3", "modbus") in base.channels
+    # Replaying the learned capture finds nothing new; another capture's devices are new.
+    assert cli.main(["run", "-q", "--pcap", str(normal), "--state-dir", state]) == 0
+    docs = [claims(d) for _, d in Spool(tmp_path / "spool.sqlite").documents()]
+    assert docs[-1]["detection"]["baseline_rules"] == "on"
+    assert not {"new_talker", "new_device", "first_write"} & {f["rule"] for d in docs
+                                                             for f in d["findings"]}
+    other = [str(p) for p in fixture_pcaps("modbus") if p.name == "modbusSmall.pcap"]
+    assert cli.main(["run", "-q", "--pcap", *other, "--state-dir", state]) == 0
+    docs = [claims(d) for _, d in Spool(tmp_path / "spool.sqlite").documents(since=len(docs))]
+    assert {"new_talker", "new_device"} <= {f["rule"] for d in docs for f in d["findings"]}
+
+
+def test_inspect_lists_findings_readably(capsys) -> None:
+    from edge_agent import cli
+    (path,) = [p for p in fixture_pcaps("enip") if p.name == "EIP-RebootorRestart.pcap"]
+    assert cli.main(["inspect", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "CRITICAL Controller stop command [T0858]" in text and "why:" in text
