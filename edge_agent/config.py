@@ -116,6 +116,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "site": Key(str, "default", check=_agent_id),
         "state_dir": Key(str, "./edge-agent-state"),
         "log_level": Key(str, "info", choices=("debug", "info", "warning", "error")),
+        "status_file": Key(str, ""),
     },
     "capture": {
         "interface": Key(str, ""),

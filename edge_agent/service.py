@@ -6,7 +6,10 @@ broker is configured. The pipeline in ``agent.py`` stays free of all of it.
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -24,6 +27,23 @@ from edge_agent.transport.spool import Spool
 
 log = logging.getLogger(__name__)
 BASELINE_FILE = "baseline.json"
+STATUS_FILE = "status.json"
+STATUS_EVERY = 5.0            # seconds between refreshes of the status file (and watchdog)
+
+
+def sd_notify(message: str) -> bool:
+    """Tell systemd (Type=notify, WatchdogSec) how the agent is; a no-op outside systemd."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return False
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]          # abstract namespace
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(message.encode(), addr)
+        return True
+    except OSError:
+        return False
 
 
 class Agent:
@@ -31,6 +51,11 @@ class Agent:
                  replay: bool = False) -> None:
         self.cfg = cfg
         self.state = Path(cfg["agent"]["state_dir"])
+        self.capture_stats = capture_stats
+        self.started = time.time()
+        self.status_path = Path(cfg["agent"]["status_file"] or self.state / STATUS_FILE)
+        self.last_finding: dict[str, Any] | None = None
+        self.next_status = 0.0
         # Replaying files forces no write to disk per window (hundreds a second): the input
         # can be replayed, and WAL still keeps every summary whole through a crash.
         fsync = "off" if replay else cfg["spool"]["fsync"]
@@ -76,6 +101,9 @@ class Agent:
 
     def _finding(self, finding: Finding) -> None:
         """Severe findings leave at once, signed, on the alert topic (and stay in the spool)."""
+        self.last_finding = {"rule": finding.rule, "severity": finding.severity,
+                             "ts": finding.first_ts, "src_ip": finding.src_ip,
+                             "dest_ip": finding.dest_ip, "detail": finding.detail}
         if RANK[finding.severity] >= self.alert_rank:
             self.store.document("alert", {"finding": finding.as_dict()}, finding.first_ts)
 
@@ -90,21 +118,69 @@ class Agent:
             self.transport.start()
         pipe = self.pipeline
         feed, tick = pipe.feed, pipe.tick
+        sd_notify("READY=1")
+        self.heartbeat(force=True)
         try:
             for n, (ts, linktype, frame) in enumerate(packets):
                 if linktype == TICK:
                     tick(ts)
+                    self.heartbeat()
                 else:
                     feed(ts, linktype, frame)
-                if progress is not None and not n & 1023:
-                    progress()
+                    if not n & 1023:
+                        self.heartbeat()
+                        if progress is not None:
+                            progress()
             pipe.finish()
         finally:
+            sd_notify("STOPPING=1")
             self.close()
 
+    def heartbeat(self, force: bool = False) -> None:
+        """From the pipeline loop: feed the watchdog and refresh the status file.
+
+        Both come from the loop itself, so a capture that hangs stops them and systemd
+        restarts the agent.
+        """
+        now = time.monotonic()
+        if now < self.next_status and not force:
+            return
+        self.next_status = now + STATUS_EVERY
+        sd_notify("WATCHDOG=1")
+        try:
+            write_status(self.status_path, self.status())
+        except OSError as exc:
+            log.warning("cannot write the status file %s: %s", self.status_path, exc)
+
+    def status(self) -> dict[str, Any]:
+        pipe = self.pipeline
+        model = pipe.scorer.describe() if pipe.scorer is not None else None
+        return {
+            "pid": os.getpid(), "agent_id": self.cfg.agent_id, "site": self.cfg["agent"]["site"],
+            "version": __version__, "updated": time.time(), "started": self.started,
+            "uptime_s": round(time.time() - self.started, 1), "packets": pipe.packets,
+            "capture": self.capture_stats().as_dict(), "windows": pipe.windows,
+            "last_packet_ts": pipe.last_ts or None,
+            "outbox_depth": self.spool.count(unpublished=True) if self.transport else None,
+            "broker": self.transport.stats() if self.transport is not None else None,
+            "model": model, "detection": pipe.detection_state(),
+            "last_finding": self.last_finding, "refresh_s": STATUS_EVERY,
+        }
+
     def close(self) -> None:
+        try:
+            write_status(self.status_path, {**self.status(), "stopped": True})
+        except OSError:
+            pass
         if self.transport is not None:
             self.transport.close(10.0)
             self.transport = None
         self.spool.close()
         self.assets.close()
+
+
+def write_status(path: Path, status: dict[str, Any]) -> None:
+    """Atomically, so a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(status, default=str), encoding="utf-8")
+    os.replace(tmp, path)
