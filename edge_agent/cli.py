@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from edge_agent import __version__
+from edge_agent import __version__, logs
 from edge_agent.agent import Pipeline
 from edge_agent.capture.source import CaptureError, FileSource, LiveSource
 from edge_agent.config import Config, ConfigError, load, sample_text
@@ -218,8 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="edge-agent: %(levelname)s: %(message)s")
+    logs.setup(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return args.func(args)
     except ConfigError as exc:

@@ -168,6 +168,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "learn": {
         "period_s": Key(float, 0.0, 0, 90 * 86_400),
     },
+    "service": {
+        "memory_max_mib": Key(int, 256, 64, 65_536),
+        "cpu_quota_percent": Key(int, 50, 5, 400),
+        "watchdog_s": Key(int, 30, 5, 3600),
+    },
     "spool": {
         "max_bytes": Key(int, 256 * MIB, MIB, 1 << 40),
         "fsync": Key(str, "window", choices=("window", "off")),
