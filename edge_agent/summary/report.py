@@ -71,12 +71,17 @@ class CaptureReport:
             "first_ts": summaries[0]["window"]["start"] if summaries else None,
             "windows": len(summaries),
             "protocols": dict(sorted(protocols.items(), key=lambda kv: -kv[1]["packets"])),
-            "talkers": [{"client": f"{f.client_ip}:{f.cport}", "server": f"{f.server_ip}:{f.sport}",
+            "talkers": [{"client": _end(f, f.client_ip, f.cport), "server": _end(f, f.server_ip, f.sport),
                          "proto": f.proto, "packets": sum(f.pkts), "messages": f.messages}
                         for f in talkers],
             "functions": functions,
             "anomalies": dict(self.anomalies.most_common()),
         }
+
+
+def _end(flow: Flow, addr: str, port: int) -> str:
+    """An endpoint: address and port, or a MAC alone for protocols on Ethernet."""
+    return addr if flow.transport == "ether" else f"{addr}:{port}"
 
 
 def render(rep: dict[str, Any]) -> str:
