@@ -101,7 +101,7 @@ class Pipeline:
                  baseline: Baseline | None = None, scorer: Any = None,
                  on_finding: Callable[[Finding], None] | None = None,
                  learn_period: float = 0.0,
-                 on_learned: Callable[[Baseline], None] | None = None) -> None:
+                 on_learned: Callable[[Baseline, list[ChannelVector]], None] | None = None) -> None:
         self.cfg = cfg
         self.registry = registry or registry_for(cfg)
         self.table = FlowTable(self.registry, flow_limits(cfg))
@@ -229,14 +229,12 @@ class Pipeline:
     def _learn(self, vectors: list[ChannelVector], now: float) -> None:
         learner = self.learner
         learner.observe_window(vectors)
-        for v in vectors:
-            learner.observe_hosts(v.key[0], v.key[1])
         if self.learn_since is not None and now - self.learn_since >= self.learn_period:
             baseline = learner.build(source="live learning period")
             self.learner = None
             self.detector.baseline = baseline
             if self.on_learned is not None:
-                self.on_learned(baseline)
+                self.on_learned(baseline, list(learner.vectors))
 
     def detection_state(self) -> dict[str, Any]:
         """What the findings of a summary were judged against."""

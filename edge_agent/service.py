@@ -20,6 +20,7 @@ from edge_agent.capture.source import TICK, CaptureStats
 from edge_agent.config import Config, ConfigError
 from edge_agent.detect.profiles import Baseline
 from edge_agent.detect.rules import RANK, Finding
+from edge_agent.features.extract import ChannelVector
 from edge_agent.flows.assets import Inventory
 from edge_agent.summary.sign import KEY_FILE, DeviceKey, dumps
 from edge_agent.transport.assets import AssetStore
@@ -27,6 +28,7 @@ from edge_agent.transport.spool import Spool
 
 log = logging.getLogger(__name__)
 BASELINE_FILE = "baseline.json"
+MIN_CALIBRATION_WINDOWS = 20  # window vectors needed to calibrate the model for a site
 STATUS_FILE = "status.json"
 STATUS_EVERY = 5.0            # seconds between refreshes of the status file (and watchdog)
 
@@ -44,6 +46,57 @@ def sd_notify(message: str) -> bool:
         return True
     except OSError:
         return False
+
+
+def load_scorer(cfg: Config, state_dir: Path) -> Any:
+    """The model the configuration asks for: a manifest path, "off", or (empty) the active
+    version in the state directory, else the prebuilt one. A stored version that no longer
+    loads is rolled back, loudly; a configured one that does not load is a config error."""
+    choice = cfg["detect"]["model"]
+    if choice == "off":
+        return None
+    from edge_agent.model.scorer import ModelError, Scorer
+    from edge_agent.model.store import ModelStore
+    if choice:
+        try:
+            return Scorer.load(choice)
+        except ModelError as exc:
+            raise ConfigError("detect.model", str(exc)) from None
+    store = ModelStore(state_dir)
+    while True:
+        path = store.current()
+        try:
+            return Scorer.load(path)
+        except ModelError as exc:
+            if path == store.current() and store.previous() is None and \
+                    store._read("current") is None:
+                raise ConfigError("detect.model", f"the prebuilt model does not load: {exc}") from None
+            log.error("model %s does not load (%s): rolling back", path, exc)
+            store.rollback()
+
+
+class Calibration:
+    def __init__(self, scorer: Any, manifest_path: Path) -> None:
+        self.scorer = scorer
+        self.threshold = scorer.threshold
+        self.manifest_path = manifest_path
+
+
+def calibrate(scorer: Any, vectors: list[ChannelVector], state_dir: Path) -> Calibration | None:
+    """Fit the model's scaler and threshold to a site's normal windows; store and activate the
+    result as a new version in the state directory."""
+    if len(vectors) < MIN_CALIBRATION_WINDOWS:
+        log.warning("only %d window(s) of learned traffic: the model keeps its prebuilt "
+                    "calibration (needs %d)", len(vectors), MIN_CALIBRATION_WINDOWS)
+        return None
+    from edge_agent.model.store import ModelStore
+    scaler, threshold = scorer.fit_site(vectors)
+    store = ModelStore(state_dir)
+    manifest = scorer.manifest.with_site(scaler, threshold, {"windows": len(vectors)})
+    onnx = (Path(scorer.path).parent / scorer.manifest.onnx_file).read_bytes()
+    path = store.install(manifest, onnx, store.fit_tag(scorer.manifest))
+    store.activate(path)
+    return Calibration(scorer.with_site(scaler, threshold), path)
 
 
 class Agent:
@@ -72,8 +125,9 @@ class Agent:
         self.alert_rank = RANK[cfg["mqtt"]["alert_severity"]]
         self.baseline_path = Path(cfg["detect"]["baseline"] or self.state / BASELINE_FILE)
         baseline = self._load_baseline()
+        scorer = load_scorer(cfg, self.state)
         self.pipeline = Pipeline(cfg, sink=self.store, capture_stats=capture_stats,
-                                 inventory=inventory, baseline=baseline,
+                                 inventory=inventory, baseline=baseline, scorer=scorer,
                                  on_finding=self._finding,
                                  learn_period=cfg["learn"]["period_s"],
                                  on_learned=self._learned)
@@ -81,7 +135,7 @@ class Agent:
         if cfg["mqtt"]["url"]:
             from edge_agent.transport.mqtt import MqttTransport
             self.transport = MqttTransport(cfg, self.spool.path, cfg.agent_id,
-                                           cfg["agent"]["site"], self._status_doc)
+                                           cfg["agent"]["site"], self._status_doc, fsync)
             self.store.on_stored = self.transport.notify
 
     def _load_baseline(self) -> Baseline | None:
@@ -107,10 +161,15 @@ class Agent:
         if RANK[finding.severity] >= self.alert_rank:
             self.store.document("alert", {"finding": finding.as_dict()}, finding.first_ts)
 
-    def _learned(self, baseline: Baseline) -> None:
+    def _learned(self, baseline: Baseline, vectors: list[ChannelVector]) -> None:
         baseline.save(self.baseline_path)
         log.info("learned the site baseline (%d channels, %d devices): %s",
                  len(baseline.channels), len(baseline.assets), self.baseline_path)
+        if self.pipeline.scorer is not None:
+            site = calibrate(self.pipeline.scorer, vectors, self.state)
+            if site is not None:
+                self.pipeline.scorer = site.scorer
+                log.info("calibrated the model for the site: %s", site.manifest_path)
 
     def run(self, packets: Iterable[tuple[float, int, bytes]],
             progress: Callable[[], None] | None = None) -> None:

@@ -11,6 +11,7 @@ import json
 import os
 import statistics
 import tempfile
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from edge_agent.features.extract import ChannelVector, address_of, base_kind
 from edge_agent.flows.table import MessageEvent
 
 BASELINE_SCHEMA = 1
+MAX_VECTORS = 20_000      # window vectors kept while learning, to calibrate the model
 ChannelKey = tuple[str, str, str]       # client ip, server ip, protocol
 
 
@@ -93,6 +95,7 @@ class BaselineBuilder:
         self.first_ts: float | None = None
         self.last_ts = 0.0
         self.windows = 0
+        self.vectors: deque[ChannelVector] = deque(maxlen=MAX_VECTORS)
 
     def observe(self, ev: MessageEvent) -> None:
         msg = ev.message
@@ -129,7 +132,9 @@ class BaselineBuilder:
 
     def observe_window(self, vectors: list[ChannelVector]) -> None:
         self.windows += 1
+        self.vectors.extend(vectors)
         for v in vectors:
+            self.assets.update(v.key[:2])
             prof = self.channels.get(v.key)
             if prof is None:
                 continue

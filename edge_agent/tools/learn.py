@@ -10,7 +10,7 @@ from edge_agent.agent import Pipeline
 from edge_agent.capture.source import FileSource
 from edge_agent.detect.profiles import BaselineBuilder
 from edge_agent.features.extract import load_families
-from edge_agent.service import BASELINE_FILE
+from edge_agent.service import BASELINE_FILE, calibrate, load_scorer
 
 log = logging.getLogger(__name__)
 
@@ -20,21 +20,20 @@ def cmd_learn(args: argparse.Namespace) -> int:
     cfg = _config(args)
     out = Path(args.out or cfg["agent"]["state_dir"])
     builder = BaselineBuilder(load_families(), cfg["limits"]["max_flows"])
-    vectors = []
-
-    def window(vs: list) -> None:
-        builder.observe_window(vs)
-        vectors.extend(vs)
-        for v in vs:
-            builder.observe_hosts(v.key[0], v.key[1])
-
-    pipe = Pipeline(cfg, on_event=builder.observe, on_window=window)
+    pipe = Pipeline(cfg, on_event=builder.observe, on_window=builder.observe_window)
     pipe.run(FileSource(args.pcap, cfg["capture"]["bpf_filter"]))
     baseline = builder.build(source=[str(p) for p in args.pcap])
     path = out / BASELINE_FILE
     baseline.save(path)
     print(f"learned {len(baseline.channels)} channel(s) and {len(baseline.assets)} device(s) "
           f"from {pipe.packets} packets in {builder.windows} window(s): {path}")
+    scorer = load_scorer(cfg, out)
+    if scorer is not None:
+        site = calibrate(scorer, list(builder.vectors), out)
+        if site is not None:
+            print(f"calibrated model {scorer.manifest.name} v{scorer.manifest.version} for the "
+                  f"site on {len(builder.vectors)} window(s): threshold "
+                  f"{site.threshold.value:.3g}, {site.manifest_path}")
     return 0
 
 

@@ -150,7 +150,7 @@ class MqttTransport:
     """Publishes the spool's documents; ``start()``, ``notify()`` after appends, ``close()``."""
 
     def __init__(self, cfg: Config, spool_path: str | Path, agent_id: str, site: str,
-                 status_doc: Callable[[str], str]) -> None:
+                 status_doc: Callable[[str], str], fsync: str | None = None) -> None:
         m = cfg["mqtt"]
         if not m["url"]:
             raise ConfigError("mqtt.url", "empty: no broker to publish to")
@@ -164,7 +164,7 @@ class MqttTransport:
         self.where = f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
         self.v5 = m["protocol"] == "5"
         self.spool_path = Path(spool_path)
-        self.spool_fsync = cfg["spool"]["fsync"]
+        self.spool_fsync = fsync or cfg["spool"]["fsync"]     # the agent's policy (off in replays)
         self.status_doc = status_doc
         self.base = f"{m['topic_prefix']}/{site}/{agent_id}"
         self.status_topic = f"{self.base}/status"
