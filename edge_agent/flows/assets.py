@@ -12,10 +12,13 @@ recently seen asset goes first.
 """
 from __future__ import annotations
 
-import time
+import importlib.util
+from array import array
+from bisect import bisect_left
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from edge_agent.decode import IDENTITY_KEYS
@@ -24,14 +27,60 @@ from edge_agent.flows.table import Flow, MessageEvent
 ROUTER_MAC_IPS = 4
 
 
+class OUIRegistry:
+    """The IEEE MA-L (OUI) registry as netaddr ships it (``oui.txt`` and its ``oui.idx``).
+
+    netaddr's own lookup loads the whole index into a dict (about 13 MiB); here the index is
+    two sorted arrays (about 0.3 MiB) and each name is read from the registry file on demand.
+    """
+
+    def __init__(self) -> None:
+        # The package's data files only: importing netaddr.eui would load its own index.
+        spec = importlib.util.find_spec("netaddr")
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError("netaddr is not installed")
+        folder = Path(list(spec.submodule_search_locations)[0]) / "eui"
+        self.text = folder / "oui.txt"
+        keys, offsets = array("I"), array("I")
+        with open(folder / "oui.idx", encoding="ascii") as f:
+            for line in f:
+                oui, offset, _size = line.split(",")
+                keys.append(int(oui))
+                offsets.append(int(offset))
+        order = sorted(range(len(keys)), key=keys.__getitem__)
+        self.keys = array("I", (keys[i] for i in order))
+        self.offsets = array("I", (offsets[i] for i in order))
+
+    def lookup(self, oui: int) -> str | None:
+        i = bisect_left(self.keys, oui)
+        if i == len(self.keys) or self.keys[i] != oui:
+            return None
+        with open(self.text, "rb") as f:
+            f.seek(self.offsets[i])
+            first = f.readline().decode("utf-8", "replace")
+        # "00-1B-1B   (hex)\t\tSiemens AG"
+        return first.split("(hex)", 1)[-1].strip() or None
+
+
+_REGISTRY: OUIRegistry | None = None
+
+
 @lru_cache(maxsize=4096)
 def mac_vendor(mac: str) -> str | None:
-    """The IEEE OUI registrant of a MAC address (netaddr ships the registry)."""
+    """The IEEE OUI registrant of a MAC address, or None (unregistered, or locally assigned)."""
+    global _REGISTRY
     try:
-        import netaddr
-        return netaddr.EUI(mac).oui.registration().org.strip() or None
-    except (ImportError, netaddr.core.NotRegisteredError, netaddr.AddrFormatError, IndexError):
+        oui = int(mac.replace(":", "").replace("-", "")[:6], 16)
+    except ValueError:
         return None
+    if oui >> 16 & 0x02:          # locally administered: no registrant
+        return None
+    if _REGISTRY is None:
+        try:
+            _REGISTRY = OUIRegistry()
+        except (ImportError, OSError):
+            return None
+    return _REGISTRY.lookup(oui)
 
 
 def _mac(raw: bytes) -> str:
@@ -209,7 +258,3 @@ class Inventory:
         self._new = set()
         self._changed = {}
         return out
-
-
-def now_wall() -> float:
-    return time.time()
