@@ -10,8 +10,9 @@ octet of TPDU number with the end-of-TSDU bit. Everything is big-endian.
 ``split`` frames TPKTs; the session reassembles DT TPDUs per direction until EOT (bounded by
 ``limits.max_pdu``) and hands the TSDU to the protocol its first octet names: 0x32 S7comm
 (``s7comm.py``), 0x72 S7comm-plus (``s7comm_plus.py``), anything else (ISO session/presentation
-carrying MMS, IEC 61850) to ``edge_agent.decode.mms.decode(user_data, from_client)`` when that
-module exists, else a ``cotp`` record. Connection management TPDUs are ``cotp`` records with
+carrying MMS, IEC 61850) to ``edge_agent.decode.mms.decode(user_data, from_client, state)``
+when that module exists (``state``: one per connection, made from ``decode.state``), else a
+``cotp`` record. Connection management TPDUs are ``cotp`` records with
 ``tpdu_code, tpdu``, references, class and the TSAPs (the called TSAP of an S7 connection
 names rack and slot).
 
@@ -126,7 +127,7 @@ _H = struct.Struct(">H")
 _HH = struct.Struct(">HH")
 
 Fields = dict[str, Any]
-MMSHook = Callable[[bytes, bool], "Message | None"]
+MMSHook = Callable[..., "Message | None"]
 _MMS_UNSET: Any = object()
 _mms_hook: Any = _MMS_UNSET
 
@@ -185,6 +186,7 @@ class COTPSession(Session):
         self.held_len: dict[bool, int] = {True: 0, False: 0}
         self.s7: S7Session | None = None
         self.plus: S7PlusSession | None = None
+        self.mms: Any = None
 
     def feed(self, pdu: bytes, from_client: bool, now: float) -> list[Message]:
         n = len(pdu)
@@ -296,7 +298,15 @@ class COTPSession(Session):
             return self.plus.encrypted(tsdu, from_client)
         hook = mms_hook()
         if hook is not None and n:
-            msg = hook(tsdu, from_client)
+            # A hook that pairs requests with responses names its per-connection state class
+            # ``hook.state``; it is made on first use and handed back on every call.
+            state = getattr(hook, "state", None)
+            if state is None:
+                msg = hook(tsdu, from_client)
+            else:
+                if self.mms is None:
+                    self.mms = state(self.limits)
+                msg = hook(tsdu, from_client, self.mms)
             if msg is not None:
                 return msg
         f: Fields = {"tpdu_code": TPDU_DT, "tpdu": "data", "user_data_length": n}
