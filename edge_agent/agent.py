@@ -22,7 +22,7 @@ from edge_agent.decode import Limits, Registry, discover
 from edge_agent.decode.link import BENIGN_DROPS, Dropped, parse
 from edge_agent.detect.profiles import Baseline, BaselineBuilder
 from edge_agent.detect.rules import Detector, Finding, load_rules
-from edge_agent.features.extract import ChannelVector, FeatureTracker, load_families
+from edge_agent.features.extract import ChannelVector, FeatureTracker, base_kind, load_families
 from edge_agent.flows.assets import Inventory
 from edge_agent.flows.table import FlowLimits, FlowTable, MessageEvent
 from edge_agent.summary import build
@@ -101,7 +101,8 @@ class Pipeline:
                  baseline: Baseline | None = None, scorer: Any = None,
                  on_finding: Callable[[Finding], None] | None = None,
                  learn_period: float = 0.0,
-                 on_learned: Callable[[Baseline, list[ChannelVector]], None] | None = None) -> None:
+                 on_learned: Callable[[Baseline, list[ChannelVector]], None] | None = None,
+                 profiles: Any = None) -> None:
         self.cfg = cfg
         self.registry = registry or registry_for(cfg)
         self.table = FlowTable(self.registry, flow_limits(cfg))
@@ -110,8 +111,11 @@ class Pipeline:
         self.features = FeatureTracker(families, max_channels=cfg["limits"]["max_flows"])
         self.on_window = on_window
         det = cfg["detect"]
+        self.families = families
         self.detector = Detector(load_rules(det["disabled"], det["severity"], det["params"]),
                                  families, baseline, det["max_findings"])
+        self.detector.retuned = frozenset(det["severity"])
+        self.profiles = profiles
         self.scorer = scorer
         self.on_finding = on_finding
         # Live learning: without a baseline, watch for ``learn_period`` seconds of packet
@@ -177,12 +181,25 @@ class Pipeline:
             found = detect(ev)
             if found:
                 self._found(found)
+            if self.profiles is not None and msg.is_request and msg.kind and self.profiles.by_ip:
+                self._profile_check(ev)
             if msg.anomalies:
                 win.count_event(ev)
             if msg.identity:
                 self.inventory.observe_identity(ev)
             if hook is not None:
                 hook(ev)
+
+    def _profile_check(self, ev: MessageEvent) -> None:
+        """Traffic a device's firmware profile says it never sees (one lookup by server IP)."""
+        msg = ev.message
+        family = self.families.get((msg.proto, base_kind(msg.kind)), "other")
+        d = self.profiles.on_message(ev.flow.server_ip, ev.flow.client_ip, msg.proto, family,
+                                     msg.kind, ev.ts)
+        if d is not None:
+            f = self.detector.add_external(Finding(**d))
+            if f is not None:
+                self._found([f])
 
     def _found(self, findings: list[Finding]) -> None:
         """New findings, as they happen (the alert path); summaries get them folded."""
@@ -218,8 +235,16 @@ class Pipeline:
         self.inventory.observe_flows(flows, self.last_ts)
         body = build.build(self.window, flows, self.health(), self.max_summary_flows, complete,
                            folded)
+        changes = self.inventory.drain_changes()
+        if self.profiles is not None:
+            for c in changes:
+                for d in self.profiles.on_identity(c.asset, c.changes, self.last_ts):
+                    f = self.detector.add_external(Finding(**d))
+                    if f is not None:
+                        self._found([f])
+                c.asset.update(self.profiles.attributes(c.asset))
         body["assets"] = [{"change": c.change, "changes": list(c.changes), "asset": c.asset}
-                          for c in self.inventory.drain_changes()]
+                          for c in changes]
         body["findings"] = [f.as_dict() for f in self.detector.close_window()]
         body["detection"] = self.detection_state()
         self.windows += 1

@@ -16,7 +16,7 @@ from edge_agent.capture.source import CaptureError, FileSource, LiveSource
 from edge_agent.config import Config, ConfigError, load, sample_text
 from edge_agent.events import to_record
 from edge_agent.summary.report import CaptureReport, render
-from edge_agent.service import Agent
+from edge_agent.service import Agent, profile_assessor
 from edge_agent.tools import ToolError, register_all
 from edge_agent.transport.assets import AssetStore
 from edge_agent.transport.spool import Spool
@@ -130,7 +130,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     report = CaptureReport()
     summaries: list[dict[str, Any]] = []
     source = FileSource(args.files, cfg["capture"]["bpf_filter"])
-    Pipeline(cfg, sink=summaries.append, on_event=report, capture_stats=lambda: source.stats).run(source)
+    Pipeline(cfg, sink=summaries.append, on_event=report, capture_stats=lambda: source.stats,
+             profiles=profile_assessor(cfg, None)).run(source)
     rep = report.as_dict(summaries)
     if args.json:
         json.dump(rep, sys.stdout, indent=2, default=_json_default)
@@ -155,6 +156,15 @@ def cmd_assets(args: argparse.Namespace) -> int:
     if not path.exists():
         raise ToolError(f"no inventory at {path} yet: run the agent first")
     assets = [a.as_dict() for a in AssetStore(path).load()]
+    if args.vulnerable:
+        from edge_agent.profiles.match import ProfileError, ProfileSet
+        from edge_agent.tools.profiles import list_vulnerable
+        try:
+            profile_set = ProfileSet.default(cfg["agent"]["state_dir"])
+        except ProfileError as exc:
+            raise ToolError(f"profiles: {exc}") from None
+        sys.stdout.write(list_vulnerable(assets, profile_set, as_json=args.json))
+        return 0
     if args.json:
         json.dump(assets, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -207,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     assets = with_config(sub.add_parser("assets", help="list the devices in the inventory"))
     assets.add_argument("--state-dir", metavar="DIR", help="state directory")
     assets.add_argument("--json", action="store_true", help="machine-readable output")
+    assets.add_argument("--vulnerable", action="store_true",
+                        help="only devices whose firmware matches published advisories")
     assets.set_defaults(func=cmd_assets)
 
     cfg = sub.add_parser("config", help="print the documented sample configuration")

@@ -168,6 +168,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "learn": {
         "period_s": Key(float, 0.0, 0, 90 * 86_400),
     },
+    "fleet": {
+        "operator_keys": Key(list, []),
+        "clock_skew_s": Key(float, 300.0, 0, 86_400),
+        "max_ttl_s": Key(float, 604_800.0, 60, 90 * 86_400),
+        "replay_entries": Key(int, 10_000, 100, 10_000_000),
+        "enabled": Key(bool, True),
+    },
     "service": {
         "memory_max_mib": Key(int, 256, 64, 65_536),
         "cpu_quota_percent": Key(int, 50, 5, 400),

@@ -75,6 +75,17 @@ def load_scorer(cfg: Config, state_dir: Path) -> Any:
             store.rollback()
 
 
+def profile_assessor(cfg: Config, state_dir: Path | None) -> Any:
+    """Firmware-profile matching: the state dir's installed set, else the shipped one."""
+    from edge_agent.profiles.assess import ProfileAssessor
+    from edge_agent.profiles.match import ProfileError, ProfileSet
+    try:
+        return ProfileAssessor(ProfileSet.default(state_dir), cfg["limits"]["max_assets"])
+    except ProfileError as exc:
+        log.error("firmware profiles unusable, matching is off: %s", exc)
+        return None
+
+
 class Calibration:
     def __init__(self, scorer: Any, manifest_path: Path) -> None:
         self.scorer = scorer
@@ -126,11 +137,12 @@ class Agent:
         self.baseline_path = Path(cfg["detect"]["baseline"] or self.state / BASELINE_FILE)
         baseline = self._load_baseline()
         scorer = load_scorer(cfg, self.state)
+        profiles = profile_assessor(cfg, self.state)
         self.pipeline = Pipeline(cfg, sink=self.store, capture_stats=capture_stats,
                                  inventory=inventory, baseline=baseline, scorer=scorer,
                                  on_finding=self._finding,
                                  learn_period=cfg["learn"]["period_s"],
-                                 on_learned=self._learned)
+                                 on_learned=self._learned, profiles=profiles)
         self.transport: Any = None
         if cfg["mqtt"]["url"]:
             from edge_agent.transport.mqtt import MqttTransport

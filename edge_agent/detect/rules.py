@@ -28,7 +28,9 @@ else:  # pragma: no cover
 SEVERITIES = ("low", "medium", "high", "critical")
 RANK = {s: i for i, s in enumerate(SEVERITIES)}
 WHEN = ("message", "first_write", "new_function", "address", "new_talker", "new_device",
-        "scan", "error_storm", "anomalies", "rate_spike", "model")
+        "scan", "error_storm", "anomalies", "rate_spike", "model", "profile")
+# Rules whose severity the finding itself sets (from CVSS, or a downgrade) unless retuned.
+OWN_SEVERITY = frozenset({"vulnerable_firmware", "firmware_changed"})
 BASELINE_RULES = frozenset({"first_write", "new_function", "address", "new_talker", "new_device"})
 RULE_META = frozenset({"id", "title", "when", "severity", "technique", "reason", "protocols",
                        "families", "kinds", "fields", "prefixes", "exclude"})
@@ -131,6 +133,8 @@ class Detector:
                     self.by_kind.setdefault(kind, []).append(r)
         self.findings: dict[tuple, Finding] = {}
         self.suppressed = 0
+        self.by_id = {r.id: r for r in rules}
+        self.retuned: frozenset[str] = frozenset()
         self._reset_window_state()
 
     def _reset_window_state(self) -> None:
@@ -167,6 +171,26 @@ class Detector:
         f = Finding(rule.id, rule.title, rule.severity, rule.technique, rule.reason, detail, ts,
                     ts, 1, src, dst, proto, flow_ids, [to_record(ev)] if ev is not None else [],
                     **extra)
+        self.findings[key] = f
+        return f
+
+    def add_external(self, f: Finding) -> Finding | None:
+        """A finding made elsewhere (firmware profiles) under one of these rules: dropped when
+        the rule is disabled, folded like the others; returned when new in this window."""
+        rule = self.by_id.get(f.rule)
+        if rule is None:
+            return None
+        if f.rule not in OWN_SEVERITY or f.rule in self.retuned:
+            f.severity = rule.severity
+        key = (f.rule, f.src_ip, f.dest_ip, f.proto, f.detail)
+        old = self.findings.get(key)
+        if old is not None:
+            old.count += f.count
+            old.last_ts = max(old.last_ts, f.last_ts)
+            return None
+        if len(self.findings) >= self.max_findings:
+            self.suppressed += 1
+            return None
         self.findings[key] = f
         return f
 

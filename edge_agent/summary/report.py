@@ -107,9 +107,14 @@ def render(rep: dict[str, Any]) -> str:
                      f"{where} x{f['count']}")
         lines.append(f"           {f['detail']}")
         lines.append(f"           why: {f['reason']}")
-        for e in f.get("explanation") or ():
-            lines.append(f"           {e['feature']}: observed {e['observed']:.3g}, "
-                         f"expected {e['expected']:.3g}")
+        for e in (f.get("explanation") or ())[:5]:
+            if "feature" in e:          # a model finding: what it did not expect
+                lines.append(f"           {e['feature']}: observed {e['observed']:.3g}, "
+                             f"expected {e['expected']:.3g}")
+            elif "advisory" in e:       # a firmware-profile finding: which advisories
+                cves = ", ".join(e.get("cves") or ())
+                lines.append(f"           {e['advisory']} (CVSS {e.get('cvss_base')}; {cves})"
+                             f"{'; fixed in ' + e['fixed'] if e.get('fixed') else ''}")
     det = rep.get("detection") or {}
     if det and det.get("baseline_rules", "").startswith("off"):
         lines.append(f"  (baseline rules {det['baseline_rules']})")
