@@ -27,7 +27,6 @@ from edge_agent.flows.assets import Inventory
 from edge_agent.flows.table import FlowLimits, FlowTable, MessageEvent
 from edge_agent.summary import build
 from edge_agent.summary.sign import DeviceKey, dumps, token_hash
-from edge_agent.transport.assets import AssetStore
 from edge_agent.transport.spool import Spool
 
 EventHook = Callable[[MessageEvent], None]
@@ -64,12 +63,9 @@ class SummaryStore:
     agent_id: str
     site: str
     key: DeviceKey
-    assets: AssetStore | None = None
     on_stored: Callable[[], None] | None = None       # the transport's wake-up
 
     def __call__(self, body: dict[str, Any]) -> int:
-        if self.assets is not None:
-            self.assets.save([a["asset"] for a in body.get("assets", ())])
         seq = self.spool.next_seq()
         # The body first, so it can never override the identity and chain fields.
         doc = {**body, "agent_id": self.agent_id, "site": self.site, "seq": seq,

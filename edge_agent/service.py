@@ -131,14 +131,13 @@ class Agent:
         # The first run creates the device key, so `run` works with no set-up at all.
         self.key = DeviceKey.load(key_file) if key_file.exists() else DeviceKey.create(key_file)
         log.debug("device key %s (kid %s)", key_file, self.key.kid)
-        self.store = SummaryStore(self.spool, cfg.agent_id, cfg["agent"]["site"], self.key,
-                                  self.assets)
+        self.store = SummaryStore(self.spool, cfg.agent_id, cfg["agent"]["site"], self.key)
         self.alert_rank = RANK[cfg["mqtt"]["alert_severity"]]
         self.baseline_path = Path(cfg["detect"]["baseline"] or self.state / BASELINE_FILE)
         baseline = self._load_baseline()
         scorer = load_scorer(cfg, self.state)
         profiles = profile_assessor(cfg, self.state)
-        self.pipeline = Pipeline(cfg, sink=self.store, capture_stats=capture_stats,
+        self.pipeline = Pipeline(cfg, sink=self._window, capture_stats=capture_stats,
                                  inventory=inventory, baseline=baseline, scorer=scorer,
                                  on_finding=self._finding,
                                  learn_period=cfg["learn"]["period_s"],
@@ -159,6 +158,15 @@ class Agent:
             return Baseline.load(self.baseline_path)
         except (OSError, ValueError, KeyError) as exc:
             raise ConfigError("detect.baseline", f"{self.baseline_path}: {exc}") from None
+
+    def _window(self, body: dict[str, Any]) -> int:
+        """A closed window: the devices seen (last_seen moved, attributes learned), then the
+        signed summary."""
+        touched = {a["key"]: a for a in self.pipeline.inventory.drain_touched()}
+        for change in body.get("assets", ()):
+            touched[change["asset"]["key"]] = change["asset"]      # with profile attributes
+        self.assets.save(list(touched.values()))
+        return self.store(body)
 
     def _status_doc(self, state: str) -> str:
         return self.key.sign(dumps({"type": "status", "agent_id": self.cfg.agent_id,

@@ -11,6 +11,7 @@ only raises its count, so one finding is reported (and alerted) once per window 
 from __future__ import annotations
 
 import sys
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any, Iterable
@@ -36,6 +37,7 @@ RULE_META = frozenset({"id", "title", "when", "severity", "technique", "reason",
                        "families", "kinds", "fields", "prefixes", "exclude"})
 MAX_MESSAGES = 3          # messages kept as evidence per finding
 MAX_PER_SOURCE = 4096     # servers/ports remembered per source per window for scan detection
+MAX_KNOWN = 10_000        # clients (and client/server pairs) whose usual peers are remembered
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,13 @@ class Detector:
         self.suppressed = 0
         self.by_id = {r.id: r for r in rules}
         self.retuned: frozenset[str] = frozenset()
+        # A poller reaching its usual twenty PLCs (or unit ids behind a gateway) is no scan:
+        # only peers new to a client count, known from the baseline or earlier windows.
+        self.known_servers: OrderedDict[str, set[str]] = OrderedDict()
+        self.known_units: OrderedDict[tuple[str, str], set[int]] = OrderedDict()
+        self.baseline_pairs = ({(c, s) for c, s, _ in baseline.channels}
+                               if baseline is not None else set())
+        self.windows_closed = 0
         self._reset_window_state()
 
     def _reset_window_state(self) -> None:
@@ -198,8 +207,15 @@ class Detector:
         """Every finding of the window (folded), most severe first; the window restarts."""
         out = sorted(self.findings.values(), key=lambda f: (-RANK[f.severity], f.first_ts))
         self.findings = {}
+        _remember(self.known_servers, self.src_servers)
+        _remember(self.known_units, self.units)
+        self.windows_closed += 1
         self._reset_window_state()
         return out
+
+    def _warming_up(self) -> bool:
+        """The first window without a baseline: every peer is new, nothing can be told yet."""
+        return self.baseline is None and self.windows_closed == 0
 
     # -- per message -------------------------------------------------------------------------
 
@@ -250,13 +266,18 @@ class Detector:
 
     def _unit_scan(self, ev: MessageEvent, unit: int, new: list[Finding]) -> None:
         flow = ev.flow
-        units = self.units.setdefault((flow.client_ip, flow.server_ip), set())
+        pair = (flow.client_ip, flow.server_ip)
+        units = self.units.setdefault(pair, set())
         if len(units) >= MAX_PER_SOURCE or unit in units:
             return
         units.add(unit)
+        if unit in self.known_units.get(pair, ()) or self._warming_up():
+            return
+        units_new = units - self.known_units.get(pair, set())
         for rule in self.kinds["scan"]:
-            if len(units) == int(rule.params.get("units", 16)):
-                f = self._find(rule, f"{len(units)} unit ids on {flow.server_ip}", ev.ts, flow, ev)
+            if len(units_new) == int(rule.params.get("units", 16)):
+                f = self._find(rule, f"{len(units_new)} new unit ids on {flow.server_ip}",
+                               ev.ts, flow, ev)
                 if f is not None:
                     new.append(f)
 
@@ -308,12 +329,15 @@ class Detector:
                 servers.add(server)
             if len(ports) < MAX_PER_SOURCE:
                 ports.add(flow.sport)
+            known = self.known_servers.get(client, set())
+            new_servers = 0 if self._warming_up() else sum(
+                1 for s in servers if s not in known and (client, s) not in self.baseline_pairs)
             for rule in self.kinds["scan"]:
-                for what, n in (("servers", len(servers)), ("ports", len(ports))):
+                for what, n in (("servers", new_servers), ("ports", len(ports))):
                     limit = int(rule.params.get(what, 10))
                     if n >= limit and (client, what) not in self.scan_reported:
                         self.scan_reported.add((client, what))
-                        detail = (f"{n} devices reached" if what == "servers"
+                        detail = (f"{n} devices new to it reached" if what == "servers"
                                   else f"{n} ports of {server} probed")
                         f = self._find(rule, detail, now, flow, src=client, dst=None
                                        if what == "servers" else server, proto=flow.transport)
@@ -366,3 +390,17 @@ class Detector:
                         new.append(f)
         return new
 
+
+
+def _remember(known: OrderedDict, seen: dict) -> None:
+    """Fold a window's peers into what is known, least recently active forgotten first."""
+    for key, peers in seen.items():
+        have = known.get(key)
+        if have is None:
+            if len(known) >= MAX_KNOWN:
+                known.popitem(last=False)
+            have = known[key] = set()
+        else:
+            known.move_to_end(key)
+        if len(have) < MAX_PER_SOURCE:
+            have.update(list(peers)[:MAX_PER_SOURCE - len(have)])

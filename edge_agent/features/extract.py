@@ -216,6 +216,8 @@ class FeatureTracker:
             ch.last_req = ev.ts
         fam = self.families.get((msg.proto, base), "other")
         ch.families[fam] = ch.families.get(fam, 0) + 1
+        wf = ev.flow.w_fam
+        wf[fam] = wf.get(fam, 0) + 1
         if base not in ch.funcs and len(ch.funcs) < MAX_SET:
             ch.funcs.add(base)
         addr = address_of(fields)

@@ -143,6 +143,7 @@ class Inventory:
         self.evicted = 0
         self._new: set[str] = set()
         self._changed: dict[str, list[dict[str, Any]]] = {}
+        self._touched: set[str] = set()      # seen since the last drain_touched()
 
     def load(self, assets: list[Asset]) -> None:
         for a in sorted(assets, key=lambda a: a.last_seen):
@@ -163,6 +164,8 @@ class Inventory:
             self._new.add(key)
         else:
             self.assets.move_to_end(key)
+        if len(self._touched) < self.max_assets:
+            self._touched.add(key)
         return asset
 
     def _host(self, ip: str, mac_raw: bytes, vlan: int | None, now: float) -> Asset:
@@ -183,7 +186,8 @@ class Inventory:
             if len(ips) <= ROUTER_MAC_IPS:
                 ips.add(ip)
             if len(ips) <= ROUTER_MAC_IPS and asset.mac != mac:
-                self._note(asset, "mac", asset.mac, mac)
+                if asset.mac is not None:
+                    self._note(asset, "mac", asset.mac, mac)
                 asset.mac = mac
                 asset.mac_vendor = mac_vendor(mac)
             elif len(ips) > ROUTER_MAC_IPS and asset.mac == mac:
@@ -191,7 +195,8 @@ class Inventory:
         return asset
 
     def _note(self, asset: Asset, attr: str, old: Any, new: Any) -> None:
-        if old is not None and asset.key not in self._new:
+        """A change of a known asset (a first value learned counts: old is None then)."""
+        if asset.key not in self._new:
             self._changed.setdefault(asset.key, []).append({"attr": attr, "old": old, "new": new})
 
     def observe_flows(self, flows: list[Flow], now: float) -> None:
@@ -212,7 +217,9 @@ class Inventory:
                 server = self._host(f.server_ip, f.server_mac, f.vlan, f.last_ts)
             if f.decoder is None or not f.messages:
                 continue
-            for asset, role in ((client, "client"), (server, "server")):
+            # Both ends on the well-known port (BACnet, DNP3 over UDP): who asked is the client.
+            asker, answerer = (server, client) if f.requests[1] > f.requests[0] else (client, server)
+            for asset, role in ((asker, "client"), (answerer, "server")):
                 if asset is None:
                     continue
                 tag = f"{f.proto}:{role}"
@@ -221,6 +228,7 @@ class Inventory:
                         self._note(asset, "roles", sorted(asset.roles), sorted(asset.roles | {tag}))
                     asset.roles.add(tag)
             service = f"{f.transport}/{f.sport}"
+            server = answerer
             if server is not None and service not in server.services:
                 if server.services:
                     self._note(server, "services", sorted(server.services),
@@ -248,6 +256,12 @@ class Inventory:
                 self._note(asset, attr, old, value)
                 asset.identity[attr] = value
                 asset.learned_from[attr] = source
+
+    def drain_touched(self) -> list[dict[str, Any]]:
+        """Assets seen since the last call, to persist (their last_seen moved)."""
+        out = [self.assets[k].as_dict() for k in self._touched if k in self.assets]
+        self._touched = set()
+        return out
 
     def drain_changes(self) -> list[AssetChange]:
         """Assets that appeared or changed since the last call."""

@@ -63,7 +63,7 @@ class Flow:
                  "session", "proto", "streams", "first_ts", "last_ts", "pkts", "bytes",
                  "messages", "probes", "dead", "closed", "client_ip", "server_ip",
                  "w_pkts", "w_bytes", "w_msgs", "w_hist", "w_anomalies", "vlan",
-                 "client_mac", "server_mac", "feature_slot")
+                 "client_mac", "server_mac", "feature_slot", "w_fam", "requests")
 
     def __init__(self, transport: str, client: bytes, cport: int, server: bytes, sport: int,
                  ts: float) -> None:
@@ -81,6 +81,7 @@ class Flow:
         self.pkts = [0, 0]
         self.bytes = [0, 0]
         self.messages = 0
+        self.requests = [0, 0]          # requests sent by the client side, by the server side
         self.probes = 0
         self.dead = False           # stream not decodable: count packets, buffer nothing
         self.closed = False
@@ -95,6 +96,7 @@ class Flow:
         self.w_msgs = 0
         self.w_hist: list[list] = []
         self.w_anomalies = 0
+        self.w_fam: dict[str, int] = {}     # requests per function family (features fill it)
 
     def add_history(self, kind: str, bound: int) -> None:
         """Run-length history of message kinds in this window, oldest first, bounded."""
@@ -257,6 +259,8 @@ class FlowTable:
 
     def _emit(self, flow: Flow, msg: Message, from_client: bool, now: float,
               out: list[MessageEvent]) -> None:
+        if msg.is_request:
+            flow.requests[0 if from_client else 1] += 1
         if msg.kind:
             if flow.proto != msg.proto and (not flow.messages or flow.proto == flow.decoder.name):
                 # A decoder may carry several protocols (ISO-on-TCP: S7comm or MMS); the

@@ -59,6 +59,7 @@ def flow_entry(flow: Flow) -> dict[str, Any]:
         "messages": flow.w_msgs,
         "anomalies": flow.w_anomalies,
         "history": [list(h) for h in flow.w_hist],
+        "families": dict(sorted(flow.w_fam.items())),
     }
 
 

@@ -101,14 +101,28 @@ def test_baseline_rules_catch_a_new_writer_new_function_and_range() -> None:
 
 
 def test_scan_of_many_devices_and_ports() -> None:
-    packets = [(1.0 + i * 0.01, 1, frame(ip(99), 33000 + i, ip(100 + i), 502, b"", 1, 0x02))
+    warm = polling(ModbusConversation(1, 2), 0.0, 120)          # the first window: warm-up
+    packets = [(130.0 + i * 0.01, 1, frame(ip(99), 33000 + i, ip(100 + i), 502, b"", 1, 0x02))
                for i in range(12)]
-    packets += [(2.0 + i * 0.01, 1, frame(ip(99), 34000 + i, ip(2), 1 + i, b"", 1, 0x02))
+    packets += [(131.0 + i * 0.01, 1, frame(ip(99), 34000 + i, ip(2), 1 + i, b"", 1, 0x02))
                 for i in range(15)]
-    findings, alerts = run(packets)
+    findings, alerts = run(warm + packets)
     scans = [f for f in findings if f["rule"] == "scan"]
     assert len(scans) == 2 and {f["src_ip"] for f in scans} == {"10.0.0.99"}
     assert alerts and alerts[0].rule == "scan"
+
+
+def test_an_hmi_polling_many_plcs_is_not_a_scan() -> None:
+    # One HMI reconnecting to 20 PLCs every 10 s, and reading 20 unit ids behind a gateway.
+    packets = []
+    for n, t in enumerate(range(0, 600, 10)):
+        for plc in range(20):
+            packets += ModbusConversation(1, 100 + plc, cport=20000 + n * 20 + plc).read(float(t))
+        for unit in range(1, 21):
+            packets += ModbusConversation(1, 2, cport=40000 + n * 20 + unit, unit=unit).read(t + 0.5)
+    packets.sort(key=lambda p: p[0])
+    findings, _ = run(packets)
+    assert "scan" not in rules_of(findings)
 
 
 def test_error_storm() -> None:

@@ -92,3 +92,15 @@ def test_inventory_persists_and_summaries_carry_changes(tmp_path, capsys) -> Non
     assert cli.main(["run", "-q", "--pcap", str(pcap), "--state-dir", state]) == 0
     docs = [claims(d) for s, d in Spool(tmp_path / "spool.sqlite").documents(since=len(docs))]
     assert not [a for d in docs for a in d["assets"] if a["change"] == "new"]
+
+
+def test_identity_learned_after_the_first_window_is_a_change() -> None:
+    inv = Inventory()
+    flow = modbus_flow()
+    inv.observe_flows([flow], 1.0)
+    assert {c.change for c in inv.drain_changes()} == {"new"}
+    inv.observe_identity(identity(flow, 70.0, vendor="Acme"))
+    (change,) = inv.drain_changes()
+    assert change.change == "changed"
+    assert change.changes == ({"attr": "vendor", "old": None, "new": "Acme"},)
+    assert {a["key"] for a in inv.drain_touched()} >= {"ip:10.0.0.2"}
