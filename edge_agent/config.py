@@ -88,6 +88,16 @@ def _mqtt_url(value: str) -> str | None:
     return None if port is None or 0 < port < 65536 else "port out of range"
 
 
+def _operator_keys(value: list[str]) -> str | None:
+    from edge_agent.summary.sign import load_public_keys
+    for i, entry in enumerate(value):
+        try:
+            load_public_keys(entry)
+        except (ValueError, OSError) as exc:
+            return f"entry {i + 1}: {exc}"
+    return None
+
+
 def _topic_prefix(value: str) -> str | None:
     if not value or any(c in value for c in "#+\0") or value.startswith("$") or value.endswith("/"):
         return "must be a non-empty MQTT topic without wildcards, a leading '$' or a trailing '/'"
@@ -169,7 +179,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "period_s": Key(float, 0.0, 0, 90 * 86_400),
     },
     "fleet": {
-        "operator_keys": Key(list, []),
+        "operator_keys": Key(list, [], check=_operator_keys),
         "clock_skew_s": Key(float, 300.0, 0, 86_400),
         "max_ttl_s": Key(float, 604_800.0, 60, 90 * 86_400),
         "replay_entries": Key(int, 10_000, 100, 10_000_000),

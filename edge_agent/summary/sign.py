@@ -268,7 +268,7 @@ def split(token: str) -> tuple[dict[str, Any], bytes, bytes, bytes]:
         raise VerifyError("malformed", str(exc)) from None
     try:
         header = json.loads(raw_header)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise VerifyError("malformed", "header is not JSON") from None
     if not isinstance(header, dict):
         raise VerifyError("bad_header", "header is not a JSON object")
