@@ -109,7 +109,8 @@ class Pipeline:
         det = cfg["detect"]
         self.families = families
         self.detector = Detector(load_rules(det["disabled"], det["severity"], det["params"]),
-                                 families, baseline, det["max_findings"])
+                                 families, baseline, det["max_findings"],
+                                 cfg["limits"]["max_assets"])
         self.detector.retuned = frozenset(det["severity"])
         self.profiles = profiles
         self.scorer = scorer

@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 from edge_agent import __version__, logs
 from edge_agent.agent import Pipeline
 from edge_agent.capture.source import CaptureError, FileSource, LiveSource
+from edge_agent.commands import StateLocked
 from edge_agent.config import Config, ConfigError, load, sample_text
 from edge_agent.events import to_record
 from edge_agent.summary.report import CaptureReport, render
@@ -82,7 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
               "(or capture.interface in the config)", file=sys.stderr)
         return EXIT_CONFIG
     stats = source.update_stats if isinstance(source, LiveSource) else (lambda: source.stats)
-    agent = Agent(cfg, stats, replay=bool(args.pcap))
+    agent = Agent(cfg, stats, replay=bool(args.pcap), source=source)
     _stop_on_signals(source.stop)
     first = agent.spool.next_seq()
     spool_path = agent.spool.path
@@ -239,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CaptureError as exc:
         print(f"edge-agent: capture error: {exc}", file=sys.stderr)
         return 1
-    except ToolError as exc:
+    except (ToolError, StateLocked) as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
         return 1
     except BrokenPipeError:

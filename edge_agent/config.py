@@ -166,6 +166,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "reconnect_max_s": Key(float, 120.0, 1, 86_400),
         "max_inflight": Key(int, 20, 1, 1000),
         "alert_severity": Key(str, "high", choices=("low", "medium", "high", "critical")),
+        "require_subscriber": Key(bool, True),
     },
     "detect": {
         "disabled": Key(list, [], check=lambda v: _rules_check(disabled=v)),

@@ -6,6 +6,7 @@ broker is configured. The pipeline in ``agent.py`` stays free of all of it.
 """
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ from typing import Any, Callable, Iterable
 from edge_agent import __version__
 from edge_agent.agent import Pipeline, SummaryStore
 from edge_agent.capture.source import TICK, CaptureStats
+from edge_agent.commands import lock_state_dir
 from edge_agent.config import Config, ConfigError
 from edge_agent.detect.profiles import Baseline
 from edge_agent.detect.rules import RANK, Finding
@@ -31,6 +33,7 @@ BASELINE_FILE = "baseline.json"
 MIN_CALIBRATION_WINDOWS = 20  # window vectors needed to calibrate the model for a site
 STATUS_FILE = "status.json"
 STATUS_EVERY = 5.0            # seconds between refreshes of the status file (and watchdog)
+MAX_QUEUED_COMMANDS = 64      # fleet commands waiting for the pipeline thread
 
 
 def sd_notify(message: str) -> bool:
@@ -112,9 +115,12 @@ def calibrate(scorer: Any, vectors: list[ChannelVector], state_dir: Path) -> Cal
 
 class Agent:
     def __init__(self, cfg: Config, capture_stats: Callable[[], CaptureStats],
-                 replay: bool = False) -> None:
+                 replay: bool = False, source: Any = None) -> None:
         self.cfg = cfg
         self.state = Path(cfg["agent"]["state_dir"])
+        self.source = source
+        # One agent per state directory, and no `edge-agent apply` under a running agent.
+        self.lock_fd = lock_state_dir(self.state)
         self.capture_stats = capture_stats
         self.started = time.time()
         self.status_path = Path(cfg["agent"]["status_file"] or self.state / STATUS_FILE)
@@ -142,12 +148,58 @@ class Agent:
                                  on_finding=self._finding,
                                  learn_period=cfg["learn"]["period_s"],
                                  on_learned=self._learned, profiles=profiles)
+        self.executor = self._fleet(cfg)
+        # Commands arrive on the MQTT thread; they run on the pipeline's, between packets.
+        self.commands: collections.deque[tuple[bytes, Callable[[], None]]] = collections.deque()
         self.transport: Any = None
         if cfg["mqtt"]["url"]:
             from edge_agent.transport.mqtt import MqttTransport
-            self.transport = MqttTransport(cfg, self.spool.path, cfg.agent_id,
-                                           cfg["agent"]["site"], self._status_doc, fsync)
+            self.transport = MqttTransport(
+                cfg, self.spool.path, cfg.agent_id, cfg["agent"]["site"], self._status_doc,
+                fsync, on_command=self._command if self.executor is not None else None)
             self.store.on_stored = self.transport.notify
+            if self.executor is not None:
+                self.executor.on_stored = self.transport.notify
+        if self.executor is not None:
+            self.executor.flush()       # results recorded but not yet in the outbox (a crash)
+
+    def _fleet(self, cfg: Config) -> Any:
+        """The command executor, when fleet commands are on and an operator key is trusted."""
+        fleet = cfg["fleet"]
+        if not fleet["enabled"] or not fleet["operator_keys"]:
+            return None
+        from edge_agent.commands.executor import Executor
+        from edge_agent.commands.verify import CommandVerifier, ReplayStore, load_operator_keys
+        from edge_agent.control import RunningControl
+        self.replay = ReplayStore(self.spool.path, fleet["replay_entries"])
+        verifier = CommandVerifier(load_operator_keys(fleet["operator_keys"]), cfg.agent_id,
+                                   cfg["agent"]["site"], fleet["clock_skew_s"], self.replay,
+                                   fleet["max_ttl_s"])
+        self.control = RunningControl(self, Path(cfg.path) if cfg.path else None)
+        return Executor(verifier, self.control, self.spool, lambda: self.key, cfg.agent_id,
+                        cfg["agent"]["site"])
+
+    def _command(self, payload: bytes, ack: Callable[[], None]) -> None:
+        """From the MQTT thread. A full queue leaves the command unacknowledged: the broker
+        delivers it again."""
+        if len(self.commands) < MAX_QUEUED_COMMANDS:
+            self.commands.append((payload, ack))
+
+    def run_commands(self) -> None:
+        """On the pipeline's thread: execute what arrived, acknowledge once stored."""
+        while self.commands:
+            payload, ack = self.commands.popleft()
+            outcome = self.executor.handle(payload, time.time())
+            cmd = outcome.command.cmd if outcome.command is not None else "?"
+            log.info("fleet command %s: %s", cmd, outcome.status)
+            ack()
+
+    def restart_capture(self) -> dict[str, Any]:
+        restart = getattr(self.source, "restart", None)
+        if restart is None:
+            return {"restarted": False, "note": "reading files: there is no capture to restart"}
+        restart()
+        return {"restarted": True}
 
     def _load_baseline(self) -> Baseline | None:
         if not self.baseline_path.exists():
@@ -200,6 +252,7 @@ class Agent:
         sd_notify("READY=1")
         self.heartbeat(force=True)
         try:
+            commands = self.commands
             for n, (ts, linktype, frame) in enumerate(packets):
                 if linktype == TICK:
                     tick(ts)
@@ -210,6 +263,8 @@ class Agent:
                         self.heartbeat()
                         if progress is not None:
                             progress()
+                if commands and (linktype == TICK or not n & 63):
+                    self.run_commands()
             pipe.finish()
         finally:
             sd_notify("STOPPING=1")
@@ -244,6 +299,7 @@ class Agent:
             "broker": self.transport.stats() if self.transport is not None else None,
             "model": model, "detection": pipe.detection_state(),
             "last_finding": self.last_finding, "refresh_s": STATUS_EVERY,
+            "commands": self.executor.counters() if self.executor is not None else None,
         }
 
     def close(self) -> None:
@@ -256,6 +312,9 @@ class Agent:
             self.transport = None
         self.spool.close()
         self.assets.close()
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
 
 
 def write_status(path: Path, status: dict[str, Any]) -> None:

@@ -156,11 +156,18 @@ class LiveSource:
         self.clock = clock
         self.stats = CaptureStats()
         self.stopped = False
+        self.restart_requested = False
+        self.settings = (bpf, snaplen, promiscuous, buffer_mib)
+        self._open()
+
+    def _open(self) -> None:
+        interface = self.interface
+        bpf, snaplen, promiscuous, buffer_mib = self.settings
         try:
             cap = pcapy.create(interface)
             cap.set_snaplen(snaplen)
             cap.set_promisc(1 if promiscuous else 0)
-            cap.set_timeout(int(tick * 1000))
+            cap.set_timeout(int(self.tick * 1000))
             cap.set_buffer_size(buffer_mib * 1024 * 1024)
             status = cap.activate()
             if status and status < 0:
@@ -181,6 +188,10 @@ class LiveSource:
     def stop(self) -> None:
         self.stopped = True
 
+    def restart(self) -> None:
+        """Reopen the capture at the next turn of the loop (a fleet command)."""
+        self.restart_requested = True
+
     def update_stats(self) -> CaptureStats:
         try:
             # ps_recv counts packets before drops; ``received`` counts what was delivered.
@@ -195,6 +206,11 @@ class LiveSource:
             log.warning("%s: link type %d is not decoded", self.interface, self.linktype)
         last = self.clock()
         while not self.stopped:
+            if self.restart_requested:
+                self.restart_requested = False
+                self.cap.close()
+                self._open()
+                log.info("%s: capture reopened", self.interface)
             try:
                 ready, _, _ = select.select([self.fd], [], [], self.tick)
             except InterruptedError:

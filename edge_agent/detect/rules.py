@@ -37,7 +37,6 @@ RULE_META = frozenset({"id", "title", "when", "severity", "technique", "reason",
                        "families", "kinds", "fields", "prefixes", "exclude"})
 MAX_MESSAGES = 3          # messages kept as evidence per finding
 MAX_PER_SOURCE = 4096     # servers/ports remembered per source per window for scan detection
-MAX_KNOWN = 10_000        # clients (and client/server pairs) whose usual peers are remembered
 
 
 @dataclass(frozen=True)
@@ -118,11 +117,29 @@ class Detector:
     """Findings from messages, new flows and windows (a stage: values in, values out)."""
 
     def __init__(self, rules: list[Rule], families: dict[tuple[str, str], str],
-                 baseline: Baseline | None = None, max_findings: int = 1000) -> None:
-        self.rules = rules
+                 baseline: Baseline | None = None, max_findings: int = 1000,
+                 max_known: int = 4096) -> None:
         self.families = families
         self.baseline = baseline
         self.max_findings = max_findings
+        self.set_rules(rules)
+        self.findings: dict[tuple, Finding] = {}
+        self.suppressed = 0
+        self.retuned: frozenset[str] = frozenset()
+        # A poller reaching its usual twenty PLCs (or unit ids behind a gateway) is no scan:
+        # only peers new to a client count, known from the baseline or earlier windows.
+        self.known_servers: OrderedDict[str, set[str]] = OrderedDict()
+        self.known_units: OrderedDict[tuple[str, str], set[int]] = OrderedDict()
+        self.max_known = max_known      # clients (and pairs) remembered: limits.max_assets
+        self.baseline_pairs = ({(c, s) for c, s, _ in baseline.channels}
+                               if baseline is not None else set())
+        self.windows_closed = 0
+        self._reset_window_state()
+
+    def set_rules(self, rules: list[Rule]) -> None:
+        """Index the rules (again, when the configuration retunes them while running)."""
+        self.rules = rules
+        self.by_id = {r.id: r for r in rules}
         self.by_family: dict[str, list[Rule]] = {}
         self.by_kind: dict[str, list[Rule]] = {}
         self.kinds: dict[str, list[Rule]] = {w: [] for w in WHEN}
@@ -133,18 +150,6 @@ class Detector:
                     self.by_family.setdefault(fam, []).append(r)
                 for kind in r.kinds:
                     self.by_kind.setdefault(kind, []).append(r)
-        self.findings: dict[tuple, Finding] = {}
-        self.suppressed = 0
-        self.by_id = {r.id: r for r in rules}
-        self.retuned: frozenset[str] = frozenset()
-        # A poller reaching its usual twenty PLCs (or unit ids behind a gateway) is no scan:
-        # only peers new to a client count, known from the baseline or earlier windows.
-        self.known_servers: OrderedDict[str, set[str]] = OrderedDict()
-        self.known_units: OrderedDict[tuple[str, str], set[int]] = OrderedDict()
-        self.baseline_pairs = ({(c, s) for c, s, _ in baseline.channels}
-                               if baseline is not None else set())
-        self.windows_closed = 0
-        self._reset_window_state()
 
     def _reset_window_state(self) -> None:
         self.checked_flows: set[int] = set()
@@ -207,8 +212,8 @@ class Detector:
         """Every finding of the window (folded), most severe first; the window restarts."""
         out = sorted(self.findings.values(), key=lambda f: (-RANK[f.severity], f.first_ts))
         self.findings = {}
-        _remember(self.known_servers, self.src_servers)
-        _remember(self.known_units, self.units)
+        _remember(self.known_servers, self.src_servers, self.max_known)
+        _remember(self.known_units, self.units, self.max_known)
         self.windows_closed += 1
         self._reset_window_state()
         return out
@@ -392,12 +397,12 @@ class Detector:
 
 
 
-def _remember(known: OrderedDict, seen: dict) -> None:
+def _remember(known: OrderedDict, seen: dict, bound: int) -> None:
     """Fold a window's peers into what is known, least recently active forgotten first."""
     for key, peers in seen.items():
         have = known.get(key)
         if have is None:
-            if len(known) >= MAX_KNOWN:
+            if len(known) >= bound:
                 known.popitem(last=False)
             have = known[key] = set()
         else:

@@ -60,8 +60,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edge_agent.commands import command_topics
 from edge_agent.config import Config, ConfigError
 from edge_agent.transport.spool import Spool
 
@@ -71,6 +74,7 @@ KIND_TOPICS = {"summary": "summary", "alert": "alert", "status": "status",
                "cmd_result": "cmd/result"}
 RETAINED_KINDS = frozenset({"status"})
 QOS = 1
+NO_SUBSCRIBERS = 0x10
 PORTS = {False: 1883, True: 8883}
 # A connection that lived this long was healthy: its loss is news worth a WARNING again.
 STABLE_S = 30.0
@@ -150,7 +154,8 @@ class MqttTransport:
     """Publishes the spool's documents; ``start()``, ``notify()`` after appends, ``close()``."""
 
     def __init__(self, cfg: Config, spool_path: str | Path, agent_id: str, site: str,
-                 status_doc: Callable[[str], str], fsync: str | None = None) -> None:
+                 status_doc: Callable[[str], str], fsync: str | None = None,
+                 on_command: Callable[[bytes, Callable[[], None]], None] | None = None) -> None:
         m = cfg["mqtt"]
         if not m["url"]:
             raise ConfigError("mqtt.url", "empty: no broker to publish to")
@@ -169,16 +174,26 @@ class MqttTransport:
         self.base = f"{m['topic_prefix']}/{site}/{agent_id}"
         self.status_topic = f"{self.base}/status"
         self.max_inflight = m["max_inflight"]
+        self.require_subscriber = m["require_subscriber"]
         self.retry_min = m["reconnect_min_s"]
         self.retry_max = max(m["reconnect_max_s"], self.retry_min)
         self.keepalive = m["keepalive_s"]
 
+        # Fleet commands: the agent's own, its site's and the fleet's command topics. They
+        # need a session the broker keeps, so a command sent while the link is down (or while
+        # the agent restarts) still arrives; it is acknowledged only once its result is stored.
+        self.on_command = on_command
+        self.cmd_topics = (command_topics(m["topic_prefix"], site, agent_id)
+                           if on_command is not None else [])
+        self.session_expiry = int(cfg["fleet"]["max_ttl_s"])
         if self.v5:
             client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=agent_id,
-                                 protocol=mqtt.MQTTv5)
+                                 protocol=mqtt.MQTTv5, manual_ack=bool(self.cmd_topics))
         else:
             client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=agent_id,
-                                 protocol=mqtt.MQTTv311, clean_session=True)
+                                 protocol=mqtt.MQTTv311, clean_session=not self.cmd_topics,
+                                 manual_ack=bool(self.cmd_topics))
+        client.on_message = self._on_message
         if self.tls:
             client.tls_set_context(self._tls_context(m))
         if m["password_file"] and not m["username"] and not self.v5:
@@ -258,7 +273,12 @@ class MqttTransport:
         self.client.will_set(self.status_topic, self.status_doc("offline"), qos=QOS, retain=True)
         self._started = True
         self._state = "connecting"
-        if self.v5:
+        if self.v5 and self.cmd_topics:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.session_expiry
+            self.client.connect_async(self.host, self.port, self.keepalive, clean_start=False,
+                                      properties=props)
+        elif self.v5:
             self.client.connect_async(self.host, self.port, self.keepalive, clean_start=True)
         else:
             self.client.connect_async(self.host, self.port, self.keepalive)
@@ -267,6 +287,14 @@ class MqttTransport:
         self._thread = threading.Thread(target=self._run, name="edge-agent-mqtt-outbox",
                                         daemon=True)
         self._thread.start()
+
+    def _on_message(self, client: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
+        """A command: handed on with the way to acknowledge it once its result is stored."""
+        mid, qos = msg.mid, msg.qos
+        if self.on_command is None or msg.topic not in self.cmd_topics:
+            client.ack(mid, qos)
+            return
+        self.on_command(bytes(msg.payload), lambda: client.ack(mid, qos))
 
     def notify(self) -> None:
         """New documents are in the spool. Cheap and thread-safe; never blocks."""
@@ -406,6 +434,8 @@ class MqttTransport:
             info = client.publish(self.status_topic, online, qos=QOS, retain=True)
             with self._lock:
                 self._status_mids[info.mid] = "online"
+        if self.cmd_topics:
+            client.subscribe([(t, QOS) for t in self.cmd_topics])
         self._wake.set()
 
     def _on_disconnect(self, _client: mqtt.Client, _ud: Any, flags: Any, reason: ReasonCode,
@@ -503,7 +533,13 @@ class MqttTransport:
             if entry is None:
                 continue
             doc_id, kind, topic = entry
-            if not reason.is_failure:     # 0x00 success, 0x10 no matching subscribers
+            # 0x10 "no matching subscribers" (MQTT 5 3.4.2.1): the broker took it and threw it
+            # away (no collector subscribed, or a broker that forgot a shared subscription on
+            # restart). Kept and retried like a refusal unless configured otherwise; retained
+            # status documents are stored by the broker all the same.
+            lost = (reason.value == NO_SUBSCRIBERS and self.require_subscriber
+                    and kind not in RETAINED_KINDS)
+            if not reason.is_failure and not lost:
                 done.append(doc_id)
                 if kind in self._backoff:
                     del self._backoff[kind]

@@ -195,11 +195,14 @@ class Broker:
 
     def _write_config(self) -> None:
         acl = [f"user {COLLECTOR}", f"topic read {PREFIX}/#", f"topic write {PREFIX}/+/+/cmd",
+               f"topic write {PREFIX}/+/cmd", f"topic write {PREFIX}/cmd",
                f"topic readwrite {BARRIER}/#", ""]
         for cn, sites in self.grants.items():
             acl.append(f"user {cn}")
             for site in sorted(sites):
-                acl += [f"topic write {PREFIX}/{site}/{cn}/#", f"topic read {PREFIX}/{site}/{cn}/cmd"]
+                acl += [f"topic write {PREFIX}/{site}/{cn}/#", f"topic read {PREFIX}/{site}/{cn}/cmd",
+                        f"topic read {PREFIX}/{site}/cmd"]
+            acl.append(f"topic read {PREFIX}/cmd")
             acl.append("")
         (self.dir / "acl").write_text("\n".join(acl))
         (self.dir / "passwd").write_text(
