@@ -254,7 +254,7 @@ class Pipeline:
         if self.learn_since is not None and now - self.learn_since >= self.learn_period:
             baseline = learner.build(source="live learning period")
             self.learner = None
-            self.detector.baseline = baseline
+            self.detector.set_baseline(baseline)
             if self.on_learned is not None:
                 self.on_learned(baseline, list(learner.vectors))
 

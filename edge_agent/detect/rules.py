@@ -120,7 +120,6 @@ class Detector:
                  baseline: Baseline | None = None, max_findings: int = 1000,
                  max_known: int = 4096) -> None:
         self.families = families
-        self.baseline = baseline
         self.max_findings = max_findings
         self.set_rules(rules)
         self.findings: dict[tuple, Finding] = {}
@@ -131,10 +130,15 @@ class Detector:
         self.known_servers: OrderedDict[str, set[str]] = OrderedDict()
         self.known_units: OrderedDict[tuple[str, str], set[int]] = OrderedDict()
         self.max_known = max_known      # clients (and pairs) remembered: limits.max_assets
-        self.baseline_pairs = ({(c, s) for c, s, _ in baseline.channels}
-                               if baseline is not None else set())
+        self.set_baseline(baseline)
         self.windows_closed = 0
         self._reset_window_state()
+
+    def set_baseline(self, baseline: Baseline | None) -> None:
+        """Judge against this baseline from now on (live learning ends, a new one is loaded)."""
+        self.baseline = baseline
+        self.baseline_pairs = ({(c, s) for c, s, _ in baseline.channels}
+                               if baseline is not None else set())
 
     def set_rules(self, rules: list[Rule]) -> None:
         """Index the rules (again, when the configuration retunes them while running)."""
