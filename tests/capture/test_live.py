@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 import struct
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import pytest
 
 from edge_agent.decode import discover
 from edge_agent.summary.sign import claims
+from tests.conftest import running_summaries, wait_for_agent
 from edge_agent.transport.spool import Spool
 
 from .netns import CAPTURE_IF, MODBUS_PORT, Plant, missing_requirements
@@ -204,29 +204,11 @@ class Agent:
         return self.log.read_text(errors="replace")
 
     def wait_for(self, cond: Any, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not cond():
-            if self.proc.poll() is not None:
-                pytest.fail(f"agent exited ({self.proc.returncode}) before it could "
-                            f"{what}:\n{self.stderr()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"agent did not {what} within {timeout} s:\n{self.stderr()}")
-            time.sleep(0.05)
+        wait_for_agent(self.proc, self.stderr, cond, timeout, what)
 
     def peek(self) -> list[dict[str, Any]]:
         """Summaries stored so far, read without writing to the running agent's spool."""
-        path = self.state / "spool.sqlite"
-        if not path.exists():
-            return []
-        try:
-            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-            try:
-                rows = db.execute("SELECT doc FROM documents WHERE kind = 'summary'").fetchall()
-            finally:
-                db.close()
-        except sqlite3.OperationalError:          # created, but no table yet
-            return []
-        return [claims(doc) for (doc,) in rows]
+        return running_summaries(self.state)
 
     def summaries(self) -> list[dict[str, Any]]:
         """Every summary, through the spool's own reader (once the agent has stopped)."""

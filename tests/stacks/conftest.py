@@ -17,7 +17,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -29,6 +28,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from edge_agent.summary.sign import claims
+from tests.conftest import running_summaries, wait_for_agent
 from edge_agent.transport.spool import Spool
 from tests.capture.netns import CAPTURE_IF, HOST_IF, Plant, missing_requirements
 
@@ -256,30 +256,11 @@ class Watch:
         return self.log.read_text(errors="replace")
 
     def wait_for(self, cond: Callable[[], bool], timeout: float, what: str) -> None:
-        assert self.agent is not None
-        deadline = time.monotonic() + timeout
-        while not cond():
-            if self.agent.poll() is not None:
-                pytest.fail(f"agent exited ({self.agent.returncode}) before it could {what}:\n"
-                            f"{self.stderr()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"agent did not {what} within {timeout} s:\n{self.stderr()}")
-            time.sleep(0.05)
+        wait_for_agent(self.agent, self.stderr, cond, timeout, what)
 
     def peek(self) -> list[dict[str, Any]]:
         """Summaries stored so far, read without writing to the running agent's spool."""
-        path = self.state / "spool.sqlite"
-        if not path.exists():
-            return []
-        try:
-            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-            try:
-                rows = db.execute("SELECT doc FROM documents WHERE kind = 'summary'").fetchall()
-            finally:
-                db.close()
-        except sqlite3.OperationalError:
-            return []
-        return [claims(doc) for (doc,) in rows]
+        return running_summaries(self.state)
 
     def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
         try:
