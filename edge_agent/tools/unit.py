@@ -15,7 +15,6 @@ from edge_agent.config import Config
 UNIT = """\
 [Unit]
 Description=edge-agent passive OT network security sensor
-Documentation=man:systemd.exec(5)
 After=network-online.target
 Wants=network-online.target
 
