@@ -1,4 +1,4 @@
-"""CIP (Common Industrial Protocol) messages as carried by EtherNet/IP: tables and parsers.
+"""CIP (Common Industrial Protocol) messages as carried by EtherNet/IP: the Message Router.
 
 Spec: ODVA "The CIP Networks Library, Volume 1: Common Industrial Protocol" — 2-4 Message Router
 request/response format, 3-5 Connection Manager (3-5.5 services: Forward Open/Close, Unconnected
@@ -9,6 +9,8 @@ Rockwell Automation publication 1756-PM020 (Logix tag services) and 1770-6.5.16 
 command set). Every multi-byte CIP field is little-endian; the sockaddr in a ListIdentity item is
 the one big-endian exception (handled in enip.py). This module holds no state: ``enip.py`` owns
 sessions, pairing and framing, and calls :func:`decode_request` / :func:`decode_response`.
+The EPATH is read by ``cip_path.py``, the bodies of the Connection Manager, Identity, Logix and
+PCCC services by ``cip_objects.py``; the names, codes and bounds are in ``cip_tables.py``.
 
 A CIP record carries ``service_code, service`` (bit 7, the response bit, is never included),
 the request path (``class_id, class_name, instance_id, attribute_id, member_id,
@@ -28,10 +30,23 @@ from typing import Any
 
 import dpkt
 
+from edge_agent.decode.cip_objects import (attribute_list_req, data_hex, forward_close_req,
+    forward_open_req, forward_open_resp, identity_all, identity_attrs, logix_req, logix_resp,
+    pccc, triad_reply)
+from edge_agent.decode.cip_path import parse_epath, path_text
 from edge_agent.decode.cip_tables import (CIP_SERVICES, CIP_CM_SERVICES, CIP_PCCC_SERVICES,
     CIP_FILE_SERVICES, CIP_LOGIX_SERVICES, CIP_CLASSES, CIP_STATUS, CIP_EXTENDED_STATUS,
-    CIP_RESET_TYPES, CIP_DATA_TYPES, CIP_DEVICE_TYPES, CIP_VENDORS, PCCC_COMMANDS,
-    PCCC_FUNCTIONS)
+    CIP_RESET_TYPES, CIP_VENDORS, CIP_MAX_LIST, CIP_MAX_SERVICES, CIP_MAX_DEPTH,
+    CIP_CLASS_SPECIFIC_RANGE, CLASS_IDENTITY, CLASS_CONNECTION_MANAGER, CLASS_FILE, CLASS_PCCC,
+    CLASS_LOGIX_SYMBOL, SVC_GET_ATTRIBUTES_ALL, SVC_GET_ATTRIBUTE_LIST, SVC_SET_ATTRIBUTE_LIST,
+    SVC_RESET, SVC_MULTIPLE, SVC_GET_ATTRIBUTE_SINGLE, SVC_SET_ATTRIBUTE_SINGLE,
+    SVC_FORWARD_CLOSE, SVC_UNCONNECTED_SEND, SVC_FORWARD_OPEN, SVC_LARGE_FORWARD_OPEN,
+    SVC_EXECUTE_PCCC, CIP_STATUS_OK, CIP_STATUS_CONNECTION_FAILURE, A_TRUNCATED, A_PATH,
+    A_UNKNOWN_SERVICE, A_UNKNOWN_STATUS, A_LENGTH, A_TOO_MANY_SERVICES, A_SERVICE_MISMATCH)
+# Taken from here by enip.py and the tests.
+from edge_agent.decode.cip_objects import IDENTITY as _IDENTITY, identity_fields  # noqa: F401
+from edge_agent.decode.cip_tables import (CIP_DATA_TYPES, CIP_DEVICE_TYPES,  # noqa: F401
+    CIP_RESPONSE_BIT, FORWARD_OPENS, PCCC_COMMANDS, PCCC_FUNCTIONS)
 
 Fields = dict[str, Any]
 # One decoded CIP message: fields, anomalies, kind, identity of the sender (or None).
@@ -83,31 +98,6 @@ class ForwardOpen(dpkt.Packet):
     )
 
 
-CIP_RESPONSE_BIT = 0x80                # Vol 1 2-4.2: reply service = request service | 0x80
-CIP_MAX_DATA = 64                      # opaque bytes kept (as hex) per record
-CIP_MAX_LIST = 64                      # attribute ids / connection points kept per record
-CIP_MAX_SERVICES = 64                  # Multiple Service Packet members decoded per message
-CIP_MAX_DEPTH = 3                      # Unconnected Send / MSP nesting followed
-
-CIP_CLASS_SPECIFIC_RANGE = range(0x32, 0x64)   # Appendix A: vendor (0x32-0x4A) + class specific
-CLASS_IDENTITY = 0x01
-CLASS_CONNECTION_MANAGER = 0x06
-CLASS_FILE = 0x37
-CLASS_PCCC = 0x67
-SVC_GET_ATTRIBUTES_ALL = 0x01
-SVC_GET_ATTRIBUTE_LIST = 0x03
-SVC_SET_ATTRIBUTE_LIST = 0x04
-SVC_RESET = 0x05
-SVC_MULTIPLE = 0x0A
-SVC_GET_ATTRIBUTE_SINGLE = 0x0E
-SVC_SET_ATTRIBUTE_SINGLE = 0x10
-SVC_FORWARD_CLOSE = 0x4E
-SVC_UNCONNECTED_SEND = 0x52
-SVC_FORWARD_OPEN = 0x54
-SVC_LARGE_FORWARD_OPEN = 0x5B
-FORWARD_OPENS = frozenset({SVC_FORWARD_OPEN, SVC_LARGE_FORWARD_OPEN})
-SVC_EXECUTE_PCCC = 0x4B
-
 _CLASS_SERVICES: dict[int, dict[int, str]] = {
     CLASS_CONNECTION_MANAGER: CIP_CM_SERVICES, CLASS_PCCC: CIP_PCCC_SERVICES,
     CLASS_FILE: CIP_FILE_SERVICES,
@@ -116,46 +106,10 @@ _CLASS_SERVICES: dict[int, dict[int, str]] = {
 _UNPAIRED_SERVICES = {**{k: v for k, v in CIP_CM_SERVICES.items() if k not in CIP_LOGIX_SERVICES},
                       **CIP_LOGIX_SERVICES}
 
-
-CIP_STATUS_OK = frozenset({0x00, 0x06})     # partial transfer is how fragmented reads go on
-CIP_STATUS_CONNECTION_FAILURE = 0x01
-
-
-
-LOGIX_STRUCTURE = 0x02A0
-# Tag services carry a Logix tag body only on a symbolic path or the symbol object; RSLogix
-# uses the same codes on its own numbered objects with bodies nobody has documented.
-CLASS_LOGIX_SYMBOL = 0x6B
-
-
-
-# Rockwell 1770-6.5.16 (DF1 command set): PCCC commands, and functions of the commands that
-# carry one (CMD 0x06 diagnostics, 0x0F typed/logical). Replies set bit 0x40 of the command.
-PCCC_REPLY_BIT = 0x40
-PCCC_FUNC_COMMANDS = frozenset({0x06, 0x07, 0x0F})
-PCCC_EXTENDED_STATUS = 0xF0      # DF1 7-x: STS 0xF0 means an EXT STS byte follows the TNS
-
-A_TRUNCATED = "cip.truncated"
-A_PATH = "cip.invalid_path"
-A_UNKNOWN_SERVICE = "cip.unknown_service"
-A_UNKNOWN_STATUS = "cip.unknown_status"
-A_LENGTH = "cip.invalid_length"
-A_TOO_MANY_SERVICES = "cip.too_many_services"
-A_SERVICE_MISMATCH = "cip.service_mismatch"
-
 _H = struct.Struct("<H")
-_I = struct.Struct("<I")
-_HH = struct.Struct("<HH")
 _REQ_HEAD = struct.Struct("<BB")
 _RESP_HEAD = struct.Struct("<BBBB")
-_FWD_OPEN = struct.Struct("<BBIIHHIB3xIHIHBB")          # 36 bytes, to the path size
-_FWD_OPEN_LARGE = struct.Struct("<BBIIHHIB3xIIIIBB")    # 40 bytes: 32-bit network parameters
-_FWD_OPEN_REPLY = struct.Struct("<IIHHIIIBB")           # 26 bytes, to the app reply
-_FWD_CLOSE = struct.Struct("<BBHHIBB")                  # 12 bytes, to the path
-_CONN_TRIAD_REPLY = struct.Struct("<HHIBB")             # 10 bytes: close reply / open failure
 _UCS_HEAD = struct.Struct("<BBH")
-_IDENTITY = struct.Struct("<HHHBBHI")                   # 14 bytes, before the product name
-_PCCC_HEAD = struct.Struct("<BBH")
 
 # Fields a response takes from its request: the request path (responses carry none).
 CONTEXT_KEYS = ("class_id", "class_name", "instance_id", "attribute_id", "member_id",
@@ -207,462 +161,6 @@ def service_name(code: int, class_id: int | None) -> tuple[str, bool]:
     return "unknown", code in CIP_CLASS_SPECIFIC_RANGE
 
 
-def _hex(buf: bytes, off: int, end: int) -> str:
-    return buf[off:min(end, off + CIP_MAX_DATA)].hex()
-
-
-# --- EPATH (Vol 1 Appendix C) --------------------------------------------------------------
-
-_LOGICAL_KEYS = ("class_id", "instance_id", "member_id", "connection_point", "attribute_id")
-
-
-def parse_epath(buf: bytes, off: int, end: int, f: Fields, an: list[str],
-                text: list[str] | None = None) -> None:
-    """Decode a padded EPATH into ``f`` (first class/instance/attribute, symbol, port).
-
-    Later logical segments of a kind already seen (an application path's second class, the
-    connection points of an I/O path) only go to ``text`` and ``connection_points``. Stops at
-    the first segment it cannot size, with ``cip.invalid_path``.
-    """
-    symbol: list[str] = []
-    members: list[int] = []
-    while off < end:
-        seg = buf[off]
-        kind = seg & 0xE0
-        if kind == 0x20:                                     # logical segment (C-1.4.2)
-            ltype = (seg >> 2) & 7
-            fmt = seg & 3
-            if ltype == 5:                                   # electronic key (C-1.4.2.2)
-                if seg != 0x34 or off + 10 > end or buf[off + 1] != 4:
-                    an.append(A_PATH)
-                    return
-                vid, dtype, pcode, major, minor = struct.unpack_from("<HHHBB", buf, off + 2)
-                f["key_vendor_id"], f["key_device_type_code"], f["key_product_code"] = \
-                    vid, dtype, pcode
-                f["key_revision"] = f"{major & 0x7F}.{minor}"
-                if text is not None:
-                    text.append(f"key {vid}/{dtype}/{pcode} {major & 0x7F}.{minor}")
-                off += 10
-                continue
-            if ltype > 4 or fmt == 3:
-                an.append(A_PATH)
-                return
-            if fmt == 0:
-                if off + 2 > end:
-                    break
-                value = buf[off + 1]
-                off += 2
-            elif fmt == 1:                                   # pad byte, then 16 bits
-                if off + 4 > end:
-                    break
-                value = _H.unpack_from(buf, off + 2)[0]
-                off += 4
-            else:
-                if off + 6 > end:
-                    break
-                value = _I.unpack_from(buf, off + 2)[0]
-                off += 6
-            if ltype == 2 and symbol:                        # an element of the tag before
-                members.append(value)
-                continue
-            if members:
-                symbol[-1] += "[" + ",".join(map(str, members)) + "]"
-                members = []
-            key = _LOGICAL_KEYS[ltype]
-            if ltype == 3:
-                pts = f.setdefault("connection_points", [])
-                if len(pts) < CIP_MAX_LIST:
-                    pts.append(value)
-            if key not in f:
-                f[key] = value
-                if ltype == 0:
-                    f["class_name"] = CIP_CLASSES.get(value, "unknown")
-            if text is not None:
-                text.append(f"{key[:-3] if ltype != 3 else key} 0x{value:02x}")
-            continue
-        if members:
-            symbol[-1] += "[" + ",".join(map(str, members)) + "]"
-            members = []
-        if kind == 0x00:                                     # port segment (C-1.4.1)
-            port = seg & 0x0F
-            p = off + 1
-            if seg & 0x10:
-                if p >= end:
-                    break
-                size = buf[p]
-                p += 1
-                if port == 0x0F:
-                    if p + 2 > end:
-                        break
-                    port = _H.unpack_from(buf, p)[0]
-                    p += 2
-                if p + size > end:
-                    break
-                link: int | str = buf[p:p + size].decode("latin-1").rstrip("\x00")
-                p += size
-            else:
-                if port == 0x0F:
-                    if p + 2 > end:
-                        break
-                    port = _H.unpack_from(buf, p)[0]
-                    p += 2
-                if p >= end:
-                    break
-                link = buf[p]
-                p += 1
-            off = p + ((p - off) & 1)
-            f.setdefault("port", port)
-            f.setdefault("link_address", link)
-            if text is not None:
-                text.append(f"port {port} link {link}")
-        elif kind == 0x60 or seg == 0x91:                    # symbolic (C-1.4.4), ANSI (C-1.4.5)
-            if seg == 0x91:
-                if off + 2 > end:
-                    break
-                size = buf[off + 1]
-                start = off + 2
-            else:
-                size = seg & 0x1F
-                start = off + 1
-                if size == 0:                                # extended string formats
-                    an.append(A_PATH)
-                    return
-            stop = start + size
-            if stop > end:
-                break
-            name = buf[start:stop].decode("latin-1")
-            symbol.append(name)
-            off = stop + ((stop - off) & 1)
-            if text is not None:
-                text.append(f"symbol {name}")
-        elif kind == 0x80:                                   # simple data segment (C-1.4.5)
-            if seg != 0x80 or off + 2 > end:
-                an.append(A_PATH)
-                return
-            off += 2 + 2 * buf[off + 1]
-        elif kind == 0x40:                                   # network segment (C-1.4.3)
-            if seg & 0x10:
-                if off + 2 > end:
-                    break
-                off += 2 + 2 * buf[off + 1]
-            else:
-                off += 2
-        else:                                                # data type or reserved
-            an.append(A_PATH)
-            return
-    else:
-        if members:
-            symbol[-1] += "[" + ",".join(map(str, members)) + "]"
-        if symbol:
-            f["symbol"] = ".".join(symbol)
-        if off > end:
-            an.append(A_PATH)
-        return
-    an.append(A_PATH)                                        # a segment runs past the path
-    if symbol:
-        f["symbol"] = ".".join(symbol)
-
-
-def path_text(buf: bytes, off: int, end: int, an: list[str]) -> tuple[Fields, str]:
-    f: Fields = {}
-    text: list[str] = []
-    parse_epath(buf, off, end, f, an, text)
-    return f, ", ".join(text)
-
-
-# --- services ------------------------------------------------------------------------------
-
-def _network(params: int, large: bool) -> tuple[int, str, str]:
-    """Connection size, type and priority from Forward Open network parameters (3-5.5.1.1)."""
-    shift = 16 if large else 0
-    size = params & (0xFFFF if large else 0x1FF)
-    ctype = ("null", "multicast", "point_to_point", "reserved")[(params >> (13 + shift)) & 3]
-    prio = ("low", "high", "scheduled", "urgent")[(params >> (10 + shift)) & 3]
-    return size, ctype, prio
-
-
-def _forward_open_req(buf: bytes, off: int, end: int, f: Fields, an: list[str],
-                      large: bool) -> bool:
-    st = _FWD_OPEN_LARGE if large else _FWD_OPEN
-    if end - off < st.size:
-        an.append(A_TRUNCATED)
-        return False
-    (tick, ticks, ot_id, to_id, serial, vendor, oserial, mult, ot_rpi, ot_net, to_rpi, to_net,
-     trigger, psize) = st.unpack_from(buf, off)
-    f["priority_time_tick"], f["timeout_ticks"] = tick, ticks
-    f["ot_connection_id"], f["to_connection_id"] = f"0x{ot_id:08x}", f"0x{to_id:08x}"
-    f["connection_serial"] = f"0x{serial:04x}"
-    f["originator_vendor_id"], f["originator_serial"] = vendor, f"0x{oserial:08x}"
-    f["timeout_multiplier"] = mult
-    f["ot_rpi_us"], f["to_rpi_us"] = ot_rpi, to_rpi
-    f["ot_connection_size"], f["ot_connection_type"], f["ot_priority"] = _network(ot_net, large)
-    f["to_connection_size"], f["to_connection_type"], f["to_priority"] = _network(to_net, large)
-    f["transport_class"] = trigger & 0x0F
-    f["production_trigger"] = ("cyclic", "change_of_state", "application_object")[
-        (trigger >> 4) & 7] if (trigger >> 4) & 7 < 3 else "unknown"
-    return _connection_path(buf, off + st.size, off + st.size + 2 * psize, end, f, an)
-
-
-def _connection_path(buf: bytes, off: int, stop: int, end: int, f: Fields,
-                     an: list[str]) -> bool:
-    """Decode a Forward Open/Close connection path; True when it goes out through a port."""
-    if stop > end:
-        an.append(A_TRUNCATED)
-        stop = end
-    elif stop < end:
-        an.append(A_LENGTH)
-    pf, text = path_text(buf, off, stop, an)
-    f["connection_path"] = text
-    if "class_id" in pf:
-        f["target_class_id"] = pf["class_id"]
-        f["target_class_name"] = pf["class_name"]
-    if "instance_id" in pf:
-        f["target_instance_id"] = pf["instance_id"]
-    if "connection_points" in pf:
-        f["connection_points"] = pf["connection_points"]
-    if "key_vendor_id" in pf:
-        f["key_vendor_id"] = pf["key_vendor_id"]
-        f["key_product_code"] = pf["key_product_code"]
-    return "port" in pf
-
-
-def _forward_open_resp(buf: bytes, off: int, end: int, f: Fields, an: list[str]) -> None:
-    if f["status_code"] != 0:
-        _triad_reply(buf, off, end, f, an, "remaining_path_size")
-        return
-    if end - off < _FWD_OPEN_REPLY.size:
-        an.append(A_TRUNCATED)
-        return
-    ot_id, to_id, serial, vendor, oserial, ot_api, to_api, size, _ = \
-        _FWD_OPEN_REPLY.unpack_from(buf, off)
-    f["ot_connection_id"], f["to_connection_id"] = f"0x{ot_id:08x}", f"0x{to_id:08x}"
-    f["connection_serial"] = f"0x{serial:04x}"
-    f["originator_vendor_id"], f["originator_serial"] = vendor, f"0x{oserial:08x}"
-    f["ot_api_us"], f["to_api_us"] = ot_api, to_api
-    if off + _FWD_OPEN_REPLY.size + 2 * size != end:
-        an.append(A_LENGTH)
-
-
-def _triad_reply(buf: bytes, off: int, end: int, f: Fields, an: list[str], size_key: str) -> None:
-    if end - off < _CONN_TRIAD_REPLY.size:
-        if f["status_code"] == 0 or end > off:
-            an.append(A_TRUNCATED)
-        return
-    serial, vendor, oserial, size, _ = _CONN_TRIAD_REPLY.unpack_from(buf, off)
-    f["connection_serial"] = f"0x{serial:04x}"
-    f["originator_vendor_id"], f["originator_serial"] = vendor, f"0x{oserial:08x}"
-    f[size_key] = size
-
-
-def _forward_close_req(buf: bytes, off: int, end: int, f: Fields, an: list[str]) -> None:
-    if end - off < _FWD_CLOSE.size:
-        an.append(A_TRUNCATED)
-        return
-    tick, ticks, serial, vendor, oserial, psize, _ = _FWD_CLOSE.unpack_from(buf, off)
-    f["priority_time_tick"], f["timeout_ticks"] = tick, ticks
-    f["connection_serial"] = f"0x{serial:04x}"
-    f["originator_vendor_id"], f["originator_serial"] = vendor, f"0x{oserial:08x}"
-    _connection_path(buf, off + _FWD_CLOSE.size, off + _FWD_CLOSE.size + 2 * psize, end, f, an)
-
-
-def _attribute_list_req(buf: bytes, off: int, end: int, f: Fields, an: list[str]) -> None:
-    if end - off < 2:
-        an.append(A_TRUNCATED)
-        return
-    count = _H.unpack_from(buf, off)[0]
-    f["attribute_count"] = count
-    if f["service_code"] == SVC_GET_ATTRIBUTE_LIST:
-        if off + 2 + 2 * count != end:
-            an.append(A_LENGTH)
-        n = min(count, (end - off - 2) // 2, CIP_MAX_LIST)
-        f["attributes"] = list(struct.unpack_from(f"<{n}H", buf, off + 2))
-    elif count and end - off >= 4:
-        f["attributes"] = [_H.unpack_from(buf, off + 2)[0]]   # values are typed: first id only
-
-
-def _logix_req(buf: bytes, off: int, end: int, f: Fields, an: list[str]) -> None:
-    svc = f["service_code"]
-    n = end - off
-    if svc in (0x4D, 0x53):                                  # write_tag(_fragmented)
-        if n < 4:
-            an.append(A_TRUNCATED)
-            return
-        dtype = _H.unpack_from(buf, off)[0]
-        f["data_type_code"] = dtype
-        f["data_type"] = CIP_DATA_TYPES.get(dtype, "unknown")
-        p = off + 2
-        if dtype == LOGIX_STRUCTURE:
-            f["structure_handle"] = _H.unpack_from(buf, p)[0]
-            p += 2
-        if p + 2 > end:
-            an.append(A_TRUNCATED)
-            return
-        f["elements"] = _H.unpack_from(buf, p)[0]
-        p += 2
-        if svc == 0x53:
-            if p + 4 > end:
-                an.append(A_TRUNCATED)
-                return
-            f["offset"] = _I.unpack_from(buf, p)[0]
-            p += 4
-        f["data_length"] = end - p
-        f["data"] = _hex(buf, p, end)
-    elif svc in (0x4C, 0x52):                                # read_tag(_fragmented)
-        want = 2 if svc == 0x4C else 6
-        if n < want:
-            an.append(A_TRUNCATED)
-            return
-        f["elements"] = _H.unpack_from(buf, off)[0]
-        if svc == 0x52:
-            f["offset"] = _I.unpack_from(buf, off + 2)[0]
-        if n != want:
-            an.append(A_LENGTH)
-    elif n:
-        f["data_length"] = n
-
-
-def _logix_resp(buf: bytes, off: int, end: int, f: Fields, an: list[str]) -> None:
-    if f["service_code"] in (0x4C, 0x52) and end - off >= 2:
-        dtype = _H.unpack_from(buf, off)[0]
-        f["data_type_code"] = dtype
-        f["data_type"] = CIP_DATA_TYPES.get(dtype, "unknown")
-        p = off + (4 if dtype == LOGIX_STRUCTURE else 2)
-        f["data_length"] = max(0, end - p)
-    elif end > off:
-        f["data_length"] = end - off
-
-
-def _pccc(buf: bytes, off: int, end: int, f: Fields, an: list[str], reply: bool) -> None:
-    """Execute PCCC: requestor id (length, vendor, serial, ...) then a DF1 command."""
-    if end - off < 7:
-        an.append(A_TRUNCATED)
-        return
-    rid_len = buf[off]
-    vendor, serial = struct.unpack_from("<HI", buf, off + 1)
-    f["requestor_vendor_id"], f["requestor_serial"] = vendor, f"0x{serial:08x}"
-    p = off + max(rid_len, 7)
-    if p + 4 > end:
-        an.append(A_TRUNCATED)
-        return
-    cmd, sts, tns = _PCCC_HEAD.unpack_from(buf, p)
-    p += 4
-    if reply:
-        cmd &= ~PCCC_REPLY_BIT & 0xFF
-    f["pccc_cmd_code"], f["pccc_status_code"], f["pccc_tns"] = cmd, sts, tns
-    if cmd in PCCC_FUNC_COMMANDS and not reply:
-        if p >= end:
-            an.append(A_TRUNCATED)
-            return
-        fnc = f["pccc_fnc_code"] = buf[p]
-        f["pccc_func"] = PCCC_FUNCTIONS.get((cmd, fnc), "unknown")
-        p += 1
-    elif not reply or cmd not in PCCC_FUNC_COMMANDS:
-        f["pccc_func"] = PCCC_COMMANDS.get(cmd, "unknown")
-    if reply and sts == PCCC_EXTENDED_STATUS and p < end:
-        f["pccc_extended_status_code"] = buf[p]
-        p += 1
-    f["data_length"] = end - p
-
-
-def _identity_all(buf: bytes, off: int, end: int, f: Fields) -> dict[str, Any] | None:
-    """Identity attributes 1-7 as Get_Attributes_All returns them (Vol 1 5A-2.2)."""
-    if end - off < _IDENTITY.size + 1:
-        return None
-    vid, dtype, pcode, major, minor, status, serial = _IDENTITY.unpack_from(buf, off)
-    p = off + _IDENTITY.size
-    size = buf[p]
-    name = buf[p + 1:min(end, p + 1 + size)].decode("latin-1")
-    ident = identity_fields(f, vid, dtype, pcode, major, minor, status, serial, name)
-    if p + 1 + size < end:
-        f["device_state"] = buf[p + 1 + size]
-    return ident
-
-
-def identity_fields(f: Fields, vid: int, dtype: int, pcode: int, major: int, minor: int,
-                    status: int, serial: int, name: str) -> dict[str, Any]:
-    """Put an identity in a record (ICSNPP cip_identity vocabulary) and return the inventory's
-    view of it (IDENTITY_KEYS)."""
-    vendor = CIP_VENDORS.get(vid, "unknown")
-    device = CIP_DEVICE_TYPES.get(dtype, "unknown")
-    revision = f"{major}.{minor}"
-    serial_hex = f"0x{serial:08x}"
-    f["vendor_id"], f["vendor"] = vid, vendor
-    f["device_type_code"], f["device_type"] = dtype, device
-    f["product_code"], f["revision"] = pcode, revision
-    f["device_status"], f["serial_number"], f["product_name"] = status, serial_hex, name
-    ident: dict[str, Any] = {"vendor_id": vid, "device_type": device, "product_code": pcode,
-                             "firmware": revision, "serial": serial_hex, "product": name}
-    if vendor != "unknown":
-        ident["vendor"] = vendor
-    return ident
-
-
-_IDENTITY_ATTR = {1: "<H", 2: "<H", 3: "<H", 4: "<BB", 5: "<H", 6: "<I"}
-
-
-def _identity_attrs(buf: bytes, off: int, end: int, f: Fields,
-                    ids: list[int] | None) -> dict[str, Any] | None:
-    """Identity attributes from Get_Attribute_List (ids in the reply) or _Single (``ids``)."""
-    got: dict[int, Any] = {}
-    p = off
-    if ids is None:
-        if end - p < 2:
-            return None
-        count = _H.unpack_from(buf, p)[0]
-        p += 2
-    else:
-        count = 1
-    for i in range(min(count, CIP_MAX_LIST)):
-        if ids is None:
-            if p + 4 > end:
-                break
-            attr, status = _HH.unpack_from(buf, p)
-            p += 4
-            if status:
-                continue          # an attribute in error carries no value
-        else:
-            attr = ids[i]
-        fmt = _IDENTITY_ATTR.get(attr)
-        if fmt is not None:
-            size = struct.calcsize(fmt)
-            if p + size > end:
-                break
-            got[attr] = struct.unpack_from(fmt, buf, p)
-            p += size
-        elif attr == 7 and p < end:
-            size = buf[p]
-            got[7] = buf[p + 1:min(end, p + 1 + size)].decode("latin-1")
-            p += 1 + size
-        elif attr == 8 and p < end:
-            got[8] = buf[p]
-            p += 1
-        else:
-            break                 # a value of unknown size: nothing after it can be found
-    ident: dict[str, Any] = {}
-    if 1 in got:
-        vid = got[1][0]
-        f["vendor_id"] = ident["vendor_id"] = vid
-        f["vendor"] = CIP_VENDORS.get(vid, "unknown")
-        if vid in CIP_VENDORS:
-            ident["vendor"] = CIP_VENDORS[vid]
-    if 2 in got:
-        f["device_type_code"] = got[2][0]
-        f["device_type"] = ident["device_type"] = CIP_DEVICE_TYPES.get(got[2][0], "unknown")
-    if 3 in got:
-        f["product_code"] = ident["product_code"] = got[3][0]
-    if 4 in got:
-        f["revision"] = ident["firmware"] = f"{got[4][0]}.{got[4][1]}"
-    if 5 in got:
-        f["device_status"] = got[5][0]
-    if 6 in got:
-        f["serial_number"] = ident["serial"] = f"0x{got[6][0]:08x}"
-    if 7 in got:
-        f["product_name"] = ident["product"] = got[7]
-    if 8 in got:
-        f["device_state"] = got[8]
-    return ident or None
-
-
 # --- requests and responses ----------------------------------------------------------------
 
 def _kind(f: Fields) -> str:
@@ -706,27 +204,27 @@ def decode_request(buf: bytes, off: int, end: int, depth: int = 0) -> tuple[list
         an.append(A_PATH)
     if cls == CLASS_CONNECTION_MANAGER:
         if svc in (SVC_FORWARD_OPEN, SVC_LARGE_FORWARD_OPEN):
-            ctx.routed = _forward_open_req(buf, p, end, f, an, svc == SVC_LARGE_FORWARD_OPEN)
+            ctx.routed = forward_open_req(buf, p, end, f, an, svc == SVC_LARGE_FORWARD_OPEN)
         elif svc == SVC_FORWARD_CLOSE:
-            _forward_close_req(buf, p, end, f, an)
+            forward_close_req(buf, p, end, f, an)
         elif end > p:
             f["data_length"] = end - p
     elif cls == CLASS_PCCC and svc == SVC_EXECUTE_PCCC:
-        _pccc(buf, p, end, f, an, False)
+        pccc(buf, p, end, f, an, False)
         for k in ("pccc_cmd_code", "pccc_fnc_code", "pccc_func"):
             if k in f:
                 ctx.path[k] = f[k]      # the reply has no function code of its own
     elif svc in (SVC_GET_ATTRIBUTE_LIST, SVC_SET_ATTRIBUTE_LIST):
-        _attribute_list_req(buf, p, end, f, an)
+        attribute_list_req(buf, p, end, f, an)
     elif svc == SVC_RESET and cls == CLASS_IDENTITY and end > p:
         rtype = f["reset_type"] = buf[p]
         f["reset"] = CIP_RESET_TYPES.get(rtype, "unknown")
     elif svc in CIP_LOGIX_SERVICES and ("symbol" in f or cls == CLASS_LOGIX_SYMBOL):
-        _logix_req(buf, p, end, f, an)
+        logix_req(buf, p, end, f, an)
     elif end > p:
         f["data_length"] = end - p
         if svc in (0x02, SVC_SET_ATTRIBUTE_SINGLE, 0x19):
-            f["data"] = _hex(buf, p, end)
+            f["data"] = data_hex(buf, p, end)
     out.append((f, an, name, None))
     return out, ctx
 
@@ -868,27 +366,27 @@ def decode_response(buf: bytes, off: int, end: int, ctx: Ctx | None,
     if gs in CIP_STATUS_OK:
         if cls == CLASS_IDENTITY:
             if svc == SVC_GET_ATTRIBUTES_ALL and path.get("instance_id", 1) != 0:
-                ident = _identity_all(buf, p, end, f)
+                ident = identity_all(buf, p, end, f)
             elif svc == SVC_GET_ATTRIBUTE_LIST:
-                ident = _identity_attrs(buf, p, end, f, None)
+                ident = identity_attrs(buf, p, end, f, None)
             elif svc == SVC_GET_ATTRIBUTE_SINGLE and "attribute_id" in path \
                     and path.get("instance_id", 1) != 0:
-                ident = _identity_attrs(buf, p, end, f, [path["attribute_id"]])
+                ident = identity_attrs(buf, p, end, f, [path["attribute_id"]])
         if cls == CLASS_PCCC and svc == SVC_EXECUTE_PCCC:
-            _pccc(buf, p, end, f, an, True)
+            pccc(buf, p, end, f, an, True)
         elif svc in CIP_LOGIX_SERVICES and ("symbol" in path or cls == CLASS_LOGIX_SYMBOL):
-            _logix_resp(buf, p, end, f, an)
+            logix_resp(buf, p, end, f, an)
         elif end > p and "data_length" not in f:
             f["data_length"] = end - p
     if cls == CLASS_CONNECTION_MANAGER or (cls is None and svc in CIP_CM_SERVICES
                                            and svc not in CIP_LOGIX_SERVICES):
         if svc in (SVC_FORWARD_OPEN, SVC_LARGE_FORWARD_OPEN):
             f.pop("data_length", None)
-            _forward_open_resp(buf, p, end, f, an)
+            forward_open_resp(buf, p, end, f, an)
         elif svc == SVC_FORWARD_CLOSE and cls == CLASS_CONNECTION_MANAGER:
             f.pop("data_length", None)
-            _triad_reply(buf, p, end, f, an, "application_reply_size" if gs == 0
-                         else "remaining_path_size")
+            triad_reply(buf, p, end, f, an, "application_reply_size" if gs == 0
+                        else "remaining_path_size")
         elif svc == SVC_UNCONNECTED_SEND and gs and end > p:
             f["remaining_path_size"] = buf[p]
     if ctx is not None and ctx.routed:

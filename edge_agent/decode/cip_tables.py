@@ -1,7 +1,9 @@
 """Name tables of CIP (ODVA "The CIP Networks Library", Vol 1 Appendices A-C, and Vol 2) and PCCC.
 
-Data only, kept apart from the parsers in ``cip.py``. Vendor ids follow ODVA's registry as
-published in Wireshark's CIP dissector and ICSNPP; see tests/decode/test_cip.py.
+Data only, kept apart from the parsers (``cip.py``, ``cip_path.py``, ``cip_objects.py``): the
+names, the codes the parsers test for, the bounds they share and their anomaly names. Vendor
+ids follow ODVA's registry as published in Wireshark's CIP dissector and ICSNPP; see
+tests/decode/test_cip.py.
 """
 from __future__ import annotations
 
@@ -243,3 +245,53 @@ PCCC_FUNCTIONS: dict[tuple[int, int], str] = {
     (0x0F, 0xAA): "protected_typed_logical_write_3_address",
     (0x0F, 0xAB): "protected_typed_logical_masked_write_3_address",
 }
+
+
+# --- codes the parsers test for, the bounds they share, their anomalies ------------------------
+
+CIP_RESPONSE_BIT = 0x80                # Vol 1 2-4.2: reply service = request service | 0x80
+CIP_MAX_DATA = 64                      # opaque bytes kept (as hex) per record
+CIP_MAX_LIST = 64                      # attribute ids / connection points kept per record
+CIP_MAX_SERVICES = 64                  # Multiple Service Packet members decoded per message
+CIP_MAX_DEPTH = 3                      # Unconnected Send / MSP nesting followed
+
+CIP_CLASS_SPECIFIC_RANGE = range(0x32, 0x64)   # Appendix A: vendor (0x32-0x4A) + class specific
+CLASS_IDENTITY = 0x01
+CLASS_CONNECTION_MANAGER = 0x06
+CLASS_FILE = 0x37
+CLASS_PCCC = 0x67
+SVC_GET_ATTRIBUTES_ALL = 0x01
+SVC_GET_ATTRIBUTE_LIST = 0x03
+SVC_SET_ATTRIBUTE_LIST = 0x04
+SVC_RESET = 0x05
+SVC_MULTIPLE = 0x0A
+SVC_GET_ATTRIBUTE_SINGLE = 0x0E
+SVC_SET_ATTRIBUTE_SINGLE = 0x10
+SVC_FORWARD_CLOSE = 0x4E
+SVC_UNCONNECTED_SEND = 0x52
+SVC_FORWARD_OPEN = 0x54
+SVC_LARGE_FORWARD_OPEN = 0x5B
+FORWARD_OPENS = frozenset({SVC_FORWARD_OPEN, SVC_LARGE_FORWARD_OPEN})
+SVC_EXECUTE_PCCC = 0x4B
+
+CIP_STATUS_OK = frozenset({0x00, 0x06})     # partial transfer is how fragmented reads go on
+CIP_STATUS_CONNECTION_FAILURE = 0x01
+
+LOGIX_STRUCTURE = 0x02A0
+# Tag services carry a Logix tag body only on a symbolic path or the symbol object; RSLogix
+# uses the same codes on its own numbered objects with bodies nobody has documented.
+CLASS_LOGIX_SYMBOL = 0x6B
+
+# Rockwell 1770-6.5.16 (DF1 command set): PCCC commands, and functions of the commands that
+# carry one (CMD 0x06 diagnostics, 0x0F typed/logical). Replies set bit 0x40 of the command.
+PCCC_REPLY_BIT = 0x40
+PCCC_FUNC_COMMANDS = frozenset({0x06, 0x07, 0x0F})
+PCCC_EXTENDED_STATUS = 0xF0      # DF1 7-x: STS 0xF0 means an EXT STS byte follows the TNS
+
+A_TRUNCATED = "cip.truncated"
+A_PATH = "cip.invalid_path"
+A_UNKNOWN_SERVICE = "cip.unknown_service"
+A_UNKNOWN_STATUS = "cip.unknown_status"
+A_LENGTH = "cip.invalid_length"
+A_TOO_MANY_SERVICES = "cip.too_many_services"
+A_SERVICE_MISMATCH = "cip.service_mismatch"
