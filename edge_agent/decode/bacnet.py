@@ -3,9 +3,10 @@
 Spec: ANSI/ASHRAE 135 "BACnet": Annex J (BACnet/IP, J.2 BVLL messages and functions), clause 6
 (network layer: 6.2 NPDU header and control octet, 6.4 network layer messages), clause 20
 (20.1 APDU headers of the eight PDU types, segmentation fields; 20.2 tag encoding of
-application and context tagged primitives), clauses 13-17 and 21 (service productions and the
-enumerations in :mod:`edge_agent.decode.bacnet_tags`). UDP port 47808 (0xBAC0, J.1), other
-ports by probe. Every multi-byte field is big-endian.
+application and context tagged primitives, in :mod:`edge_agent.decode.bacnet_tags`), clauses
+13-17 and 21 (service productions and the enumerations in
+:mod:`edge_agent.decode.bacnet_tables`). UDP port 47808 (0xBAC0, J.1), other ports by probe.
+Every multi-byte field is big-endian.
 
 A record carries ``bvlc_function_code, bvlc_function`` and, for BVLL functions that carry an
 NPDU, ``npdu_control`` with the routing fields present (``dnet, dadr, snet, sadr, hop_count``),
@@ -45,8 +46,7 @@ from typing import Any
 import dpkt
 
 from edge_agent.decode import Decoder, Limits, Message, Session
-from edge_agent.decode.bacnet_tags import (
-    APP,
+from edge_agent.decode.bacnet_tables import (
     BACNET_ABORT_REASONS,
     BACNET_BVLC_FUNCTIONS,
     BACNET_BVLC_RESULTS,
@@ -54,7 +54,6 @@ from edge_agent.decode.bacnet_tags import (
     BACNET_ENABLE_DISABLE,
     BACNET_ERROR_CLASSES,
     BACNET_ERROR_CODES,
-    BACNET_MAX_VALUES,
     BACNET_NETWORK_MESSAGES,
     BACNET_NETWORK_REJECT_REASONS,
     BACNET_REINIT_STATES,
@@ -62,6 +61,10 @@ from edge_agent.decode.bacnet_tags import (
     BACNET_SEGMENTATION,
     BACNET_UNCONFIRMED_SERVICES,
     BACNET_VENDORS,
+)
+from edge_agent.decode.bacnet_tags import (
+    APP,
+    BACNET_MAX_VALUES,
     CLOSE,
     OPEN,
     InvalidTag,
