@@ -1,10 +1,11 @@
 """BACnet name tables: the clause 21 enumerations, the vendor ids, BVLC and network messages.
 
 Data only, kept apart from the tag encoding (``bacnet_tags.py``) and the services
-(``bacnet.py``) that name codes with them. The object type, property identifier and error code
-tables were generated from bacpypes3's clause 21 enumerations (camelCase to snake_case) and
-checked against Wireshark's packet-bacapp.c; the vendor ids are a selection of ASHRAE's registry
-(bacnet.org/assigned-vendor-ids), checked against the copies in Wireshark and VOLTTRON.
+(``bacnet_services.py``, ``bacnet.py``) that name codes with them. The object type, property
+identifier and error code tables were generated from bacpypes3's clause 21 enumerations
+(camelCase to snake_case) and checked against Wireshark's packet-bacapp.c; the vendor ids are a
+selection of ASHRAE's registry (bacnet.org/assigned-vendor-ids), checked against the copies in
+Wireshark and VOLTTRON.
 """
 from __future__ import annotations
 
@@ -422,3 +423,6 @@ BACNET_NETWORK_REJECT_REASONS: dict[int, str] = {
     0: "other", 1: "not_directly_connected", 2: "router_busy", 3: "unknown_network_message",
     4: "message_too_long", 5: "security_error", 6: "addressing_error",
 }
+
+# 15.8.1.1.4 ReadRange range types, by the context tag that opens each
+BACNET_RANGE_TYPES = {3: "by_position", 6: "by_sequence_number", 7: "by_time"}
