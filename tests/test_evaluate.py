@@ -186,7 +186,8 @@ def test_every_attack_scenario_is_detected(result) -> None:
     assert {"first_write", "new_talker"} <= set(detected["new_host_write"]["rules"])
     assert "scan" in detected["scan"]["rules"]
     assert "rate_spike" in detected["flood"]["rules"]
-    assert "address_out_of_range" in detected["out_of_range_write"]["rules"]
+    assert "write_out_of_range" in detected["out_of_range_write"]["rules"]
+    assert "address_out_of_range" not in detected["out_of_range_write"]["rules"]
     assert all(a["ttd_s"] is not None and a["ttd_s"] <= WINDOW for a in detected.values()
                if a["detectable"])
 

@@ -34,7 +34,7 @@ WHEN = ("message", "first_write", "new_function", "address", "new_talker", "new_
 OWN_SEVERITY = frozenset({"vulnerable_firmware", "firmware_changed"})
 BASELINE_RULES = frozenset({"first_write", "new_function", "address", "new_talker", "new_device"})
 RULE_META = frozenset({"id", "title", "when", "severity", "technique", "reason", "protocols",
-                       "families", "kinds", "fields", "prefixes", "exclude"})
+                       "families", "skip_families", "kinds", "fields", "prefixes", "exclude"})
 MAX_MESSAGES = 3          # messages kept as evidence per finding
 MAX_PER_SOURCE = 4096     # servers/ports remembered per source per window for scan detection
 
@@ -54,6 +54,11 @@ class Rule:
     prefixes: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     params: dict[str, float] = field(default_factory=dict)
+    skip_families: frozenset[str] = frozenset()
+
+    def covers(self, family: str) -> bool:
+        """Whether the rule's families (none listed: all) take in this one."""
+        return (not self.families or family in self.families) and family not in self.skip_families
 
 
 def load_rules(disabled: Iterable[str] = (), severity: dict[str, str] | None = None,
@@ -71,7 +76,8 @@ def load_rules(disabled: Iterable[str] = (), severity: dict[str, str] | None = N
             tuple((k, frozenset(v if isinstance(v, list) else [v]))
                   for k, v in raw.get("fields", {}).items()),
             tuple(raw.get("prefixes", ())), tuple(raw.get("exclude", ())),
-            {k: float(v) for k, v in raw.items() if k not in RULE_META}))
+            {k: float(v) for k, v in raw.items() if k not in RULE_META},
+            frozenset(raw.get("skip_families", ()))))
     known = {r.id for r in rules}
     for name in [*disabled, *(severity or {}), *(k.split(".")[0] for k in (params or {}))]:
         if name not in known:
@@ -311,6 +317,8 @@ class Detector:
             return
         if base not in known["funcs"]:
             for rule in self.kinds["new_function"]:
+                if not rule.covers(family):
+                    continue
                 f = self._find(rule, f"{proto} {base}", ev.ts, flow, ev)
                 if f is not None:
                     new.append(f)
@@ -318,6 +326,8 @@ class Detector:
         rng = known["ranges"].get(family)
         if addr is not None and rng is not None and not rng[0] <= addr <= rng[1]:
             for rule in self.kinds["address"]:
+                if not rule.covers(family):
+                    continue
                 f = self._find(rule, f"{proto} {family} address {addr} outside {rng[0]}..{rng[1]}",
                                ev.ts, flow, ev)
                 if f is not None:
