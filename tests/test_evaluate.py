@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from edge_agent.config import load
-from edge_agent.detect.rules import load_rules
 from tests.capture.netns import missing_requirements
 from tests.plant import ModbusConversation, frame, ip
 
@@ -154,7 +153,7 @@ def s7_reads(start: float, end: float) -> list:
     return out
 
 
-ATTACKS = ("new_host_write", "plc_stop", "scan", "flood", "out_of_range_write")
+ATTACKS = ("new_host_write", "plc_stop", "scan", "flood", "out_of_range_write", "replay")
 
 
 @pytest.fixture(scope="module")
@@ -188,6 +187,7 @@ def test_every_attack_scenario_is_detected(result) -> None:
     assert "rate_spike" in detected["flood"]["rules"]
     assert "write_out_of_range" in detected["out_of_range_write"]["rules"]
     assert "address_out_of_range" not in detected["out_of_range_write"]["rules"]
+    assert "replayed_request" in detected["replay"]["rules"]
     assert all(a["ttd_s"] is not None and a["ttd_s"] <= WINDOW for a in detected.values()
                if a["detectable"])
 
@@ -227,9 +227,6 @@ def test_model_auc_is_printed_and_better_than_chance(result, capsys) -> None:
     json.dumps(result, default=str)                 # --json can write it
 
 
-@pytest.mark.xfail("replayed_request" not in {r.id for r in load_rules()}, strict=True,
-                   reason="a byte-identical replay on the HMI's own channel needs the "
-                          "replayed_request rule proposed with the evaluation")
 def test_replay_of_captured_writes_is_detected(cfg, scorer) -> None:
     # The model may flag this very regular synthetic plant's write burst; the real-stack replay
     # (gen-attacks) it does not: the check is the rule that recognises a re-sent request.

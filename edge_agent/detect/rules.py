@@ -5,6 +5,10 @@ can ask for. Per message the engine does a dictionary lookup or two (message rul
 by protocol, family and kind); baseline rules run only when a site baseline exists; window
 rules (error storms, rate spikes, the model) run once per window.
 
+Replay detection remembers, per channel, fingerprints of the write requests it saw (decoded
+fields, the transaction id among them) and across windows, since a replay re-sends what was
+sniffed earlier; its tables are bounded and forget the oldest first.
+
 Repeats fold: a finding is keyed by rule, endpoints and detail, and a repeat within the window
 only raises its count, so one finding is reported (and alerted) once per window with a count.
 """
@@ -29,14 +33,18 @@ else:  # pragma: no cover
 SEVERITIES = ("low", "medium", "high", "critical")
 RANK = {s: i for i, s in enumerate(SEVERITIES)}
 WHEN = ("message", "first_write", "new_function", "address", "new_talker", "new_device",
-        "scan", "error_storm", "anomalies", "rate_spike", "model", "profile")
+        "scan", "error_storm", "anomalies", "rate_spike", "model", "profile", "replay")
 # Rules whose severity the finding itself sets (from CVSS, or a downgrade) unless retuned.
 OWN_SEVERITY = frozenset({"vulnerable_firmware", "firmware_changed"})
 BASELINE_RULES = frozenset({"first_write", "new_function", "address", "new_talker", "new_device"})
 RULE_META = frozenset({"id", "title", "when", "severity", "technique", "reason", "protocols",
-                       "families", "skip_families", "kinds", "fields", "prefixes", "exclude"})
+                       "families", "skip_families", "kinds", "fields", "prefixes", "exclude",
+                       "ids"})
 MAX_MESSAGES = 3          # messages kept as evidence per finding
 MAX_PER_SOURCE = 4096     # servers/ports remembered per source per window for scan detection
+MAX_PRINTS = 1024         # request fingerprints remembered (all channels) to recognise replays
+MAX_CONNECTIONS = 4096    # connections whose first request id is remembered
+ID_SPAN = 32768           # requests on a channel after which a 16-bit id may have come round
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,7 @@ class Rule:
     exclude: tuple[str, ...] = ()
     params: dict[str, float] = field(default_factory=dict)
     skip_families: frozenset[str] = frozenset()
+    ids: tuple[tuple[str, str], ...] = ()      # replay: (protocol, its request id field)
 
     def covers(self, family: str) -> bool:
         """Whether the rule's families (none listed: all) take in this one."""
@@ -69,6 +78,9 @@ def load_rules(disabled: Iterable[str] = (), severity: dict[str, str] | None = N
     for raw in tomllib.loads(text)["rule"]:
         if raw["when"] not in WHEN or raw["severity"] not in SEVERITIES:
             raise ValueError(f"rules.toml: rule {raw['id']}: bad when or severity")
+        ids = raw.get("ids", {})
+        if raw["when"] == "replay" and not set(raw.get("protocols", ())) <= set(ids):
+            raise ValueError(f"rules.toml: rule {raw['id']}: every protocol needs its id field")
         rules.append(Rule(
             raw["id"], raw["title"], raw["when"], raw["severity"], raw["technique"],
             raw["reason"], frozenset(raw.get("protocols", ())), frozenset(raw.get("families", ())),
@@ -77,7 +89,7 @@ def load_rules(disabled: Iterable[str] = (), severity: dict[str, str] | None = N
                   for k, v in raw.get("fields", {}).items()),
             tuple(raw.get("prefixes", ())), tuple(raw.get("exclude", ())),
             {k: float(v) for k, v in raw.items() if k not in RULE_META},
-            frozenset(raw.get("skip_families", ()))))
+            frozenset(raw.get("skip_families", ())), tuple(sorted(ids.items()))))
     known = {r.id for r in rules}
     for name in [*disabled, *(severity or {}), *(k.split(".")[0] for k in (params or {}))]:
         if name not in known:
@@ -136,6 +148,12 @@ class Detector:
         self.known_servers: OrderedDict[str, set[str]] = OrderedDict()
         self.known_units: OrderedDict[tuple[str, str], set[int]] = OrderedDict()
         self.max_known = max_known      # clients (and pairs) remembered: limits.max_assets
+        # Replays: (channel, request fingerprint) -> (flow id, first request id of that flow,
+        # channel request count); flow id -> [first request id, requests re-sent]; channel ->
+        # requests seen. Kept across windows, bounded, oldest forgotten first.
+        self.prints: OrderedDict[tuple, tuple[int, int, int]] = OrderedDict()
+        self.connections: OrderedDict[int, list[int]] = OrderedDict()
+        self.channel_requests: OrderedDict[tuple[str, str, str], int] = OrderedDict()
         self.set_baseline(baseline)
         self.windows_closed = 0
         self._reset_window_state()
@@ -153,8 +171,13 @@ class Detector:
         self.by_family: dict[str, list[Rule]] = {}
         self.by_kind: dict[str, list[Rule]] = {}
         self.kinds: dict[str, list[Rule]] = {w: [] for w in WHEN}
+        self.replay_ids: dict[str, tuple[str, list[Rule]]] = {}    # proto -> (id field, rules)
         for r in rules:
             self.kinds[r.when].append(r)
+            if r.when == "replay":
+                for proto, id_field in r.ids:
+                    if proto in r.protocols:
+                        self.replay_ids.setdefault(proto, (id_field, []))[1].append(r)
             if r.when == "message":
                 for fam in r.families:
                     self.by_family.setdefault(fam, []).append(r)
@@ -255,6 +278,8 @@ class Detector:
             f = self._find(rule, f"{proto} {what}", ev.ts, ev.flow, ev)
             if f is not None:
                 new.append(f)
+        if proto in self.replay_ids:
+            self._replay(ev, proto, family, new)
         unit = unit_of(msg.fields)
         if unit is not None and self.kinds["scan"]:
             self._unit_scan(ev, unit, new)
@@ -277,6 +302,53 @@ class Detector:
                                else f"{ev.message.proto} anomalies", ev.ts, ev.flow, ev)
                 if f is not None:
                     f.count = count
+                    new.append(f)
+
+    def _replay(self, ev: MessageEvent, proto: str, family: str, new: list[Finding]) -> None:
+        """A request seen before, same id and same content, on another connection of the
+        channel. A client numbers its requests as it goes, so that is a copy being re-sent.
+
+        The same connection never counts (a TCP retransmission, a client's own retry), nor a
+        connection that began with the same id as the original's: a client that numbers every
+        connection from 0 or 1 repeats itself legitimately. A remembered request is dropped
+        once the channel has carried ``ID_SPAN`` requests since, as a 16-bit id may come round.
+        """
+        id_field, rules = self.replay_ids[proto]
+        flow, fields = ev.flow, ev.message.fields
+        rid = fields.get(id_field)
+        if rid is None:
+            return
+        channel = (flow.client_ip, flow.server_ip, proto)
+        n = self.channel_requests.pop(channel, 0) + 1
+        self.channel_requests[channel] = n
+        if len(self.channel_requests) > self.max_known:
+            self.channel_requests.popitem(last=False)
+        conn = self.connections.get(flow.flow_id)
+        if conn is None:
+            conn = self.connections[flow.flow_id] = [rid, 0]
+            if len(self.connections) > MAX_CONNECTIONS:
+                self.connections.popitem(last=False)
+        rules = [r for r in rules if r.covers(family)]
+        if not rules:
+            return
+        key = (channel, hash(repr(fields)))           # the fields hold the id
+        old = self.prints.get(key)
+        resent = (old is not None and old[0] != flow.flow_id and old[1] != conn[0]
+                  and 0 < n - old[2] < ID_SPAN)
+        if not resent:
+            self.prints.pop(key, None)
+            self.prints[key] = (flow.flow_id, conn[0], n)
+            if len(self.prints) > MAX_PRINTS:
+                self.prints.popitem(last=False)
+            return
+        conn[1] += 1
+        for rule in rules:
+            threshold = int(rule.params.get("threshold", 2))
+            if conn[1] >= threshold:
+                f = self._find(rule, f"{proto} {family} requests of an earlier connection "
+                               f"re-sent (same {id_field})", ev.ts, flow, ev)
+                if f is not None:
+                    f.count = conn[1] if conn[1] == threshold else 1
                     new.append(f)
 
     def _unit_scan(self, ev: MessageEvent, unit: int, new: list[Finding]) -> None:
