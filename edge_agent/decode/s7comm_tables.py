@@ -1,8 +1,55 @@
 """Name tables of S7comm (the S7 protocol as documented by Wireshark's S7comm dissector and the
-snap7 project): error codes, item syntax, memory areas, userdata groups and sub-functions, SZL
-lists. Data only, kept apart from the parsers in ``s7comm.py``.
+snap7 project): PDU types, functions, error codes, item syntax, memory areas, userdata groups
+and sub-functions, SZL lists, and the codes the parser tests for. Data only, kept apart from the
+parsers in ``s7comm.py``.
 """
 from __future__ import annotations
+
+# ROSCTR (Wireshark: rosctr_names); is_request per ROSCTR
+S7COMM_ROSCTR: dict[int, str] = {1: "job", 2: "ack", 3: "ack_data", 7: "userdata"}
+ROSCTR_JOB, ROSCTR_ACK, ROSCTR_ACK_DATA, ROSCTR_USERDATA = 1, 2, 3, 7
+
+# Parameter function codes (Wireshark: param_functionnames; snap7 "S7 protocol" functions)
+S7COMM_FUNCS: dict[int, str] = {
+    0x00: "cpu_services", 0xF0: "setup_communication", 0x04: "read_var", 0x05: "write_var",
+    0x1A: "request_download", 0x1B: "download_block", 0x1C: "download_ended",
+    0x1D: "start_upload", 0x1E: "upload", 0x1F: "end_upload", 0x28: "plc_control",
+    0x29: "plc_stop",
+}
+FUNC_SETUP, FUNC_READ, FUNC_WRITE, FUNC_PI, FUNC_STOP = 0xF0, 0x04, 0x05, 0x28, 0x29
+FUNC_BLOCK_CONTROL = frozenset({0x1A, 0x1B, 0x1C, 0x1D, 0x1E, 0x1F})
+
+
+RETURN_SUCCESS, RETURN_RESERVED = 0xFF, 0x00
+
+SYNTAX_S7ANY, SYNTAX_DBREAD, SYNTAX_DRIVEESANY = 0x10, 0xB0, 0xA2
+SYNTAX_NCK = frozenset({0x82, 0x83, 0x84})
+
+AREA_DB, AREA_DI = 0x84, 0x85
+AREA_NUMBERED = frozenset({0x1C, 0x1D, 0x1E, 0x1F})   # counters/timers: address is a number
+
+# Data item transport sizes whose length counts bits rather than bytes (Wireshark: BBIT,
+# BBYTE, BINT)
+S7COMM_LENGTH_IN_BITS = frozenset({3, 4, 5})
+
+# Userdata: type nibble, function groups and their subfunctions (Wireshark:
+# userdata_type_names, userdata_functiongroup_names, userdata_*_subfunc_names)
+S7COMM_UD_TYPES: dict[int, str] = {0x0: "push", 0x4: "request", 0x8: "response"}
+UD_PUSH, UD_REQUEST, UD_RESPONSE = 0x0, 0x4, 0x8
+GROUP_MODE, GROUP_BLOCK, GROUP_CPU, GROUP_TIME = 0x0, 0x3, 0x4, 0x7
+SUB_READ_SZL, SUB_LIST_BLOCKS, SUB_LIST_TYPE, SUB_BLOCK_INFO = 0x01, 0x01, 0x02, 0x03
+
+S7COMM_FILESYSTEMS: dict[str, str] = {"P": "passive", "A": "active", "B": "active_and_passive"}
+
+PI_BLOCK_SERVICES = frozenset({"_INSE", "_INS2", "_DELE"})
+
+SZL_MODULE_ID, SZL_COMPONENT_ID, SZL_MODES = 0x11, 0x1C, 0x0424
+SZL_MODULE_RECORD = 28           # index + 20-char order number + BGTyp + Ausbg + Ausbe
+SZL_COMPONENT_RECORD = 34        # index + 32 octets
+# W#16#xy11 record indexes: module, basic hardware, basic firmware
+SZL_INDEX_MODULE, SZL_INDEX_HARDWARE, SZL_INDEX_FIRMWARE = 0x0001, 0x0006, 0x0007
+SZL_INDEX_MANUFACTURER = 0x09    # manufacturer (PROFIBUS) id + profile, binary
+SIEMENS_MANUFACTURER_ID = 0x002A
 
 # The common 16-bit error codes (class << 8 | code; Wireshark: param_errcode_names)
 S7COMM_ERRORS: dict[int, str] = {
