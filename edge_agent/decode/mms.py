@@ -59,10 +59,10 @@ from edge_agent.decode import DECODE_ERRORS, Limits, Message
 from edge_agent.decode.mms_ber import (BER_APPLICATION_CONS, BER_CLASS_MASK, BER_CONTEXT,
                                        BER_CONTEXT_CONS, BER_EXTERNAL, BER_INTEGER, BER_OID,
                                        BER_SEQUENCE, BER_SET, BER_UNIVERSAL, BER_UNIVERSAL_CONS,
-                                       MMS_SERVICES, SVC_IDENTIFY, BERError, access_results,
-                                       access_spec, children, integer, name_of, object_name,
-                                       oid, request_fields, response_fields, service_error,
-                                       status_fields, tlv)
+                                       BERError, access_results, access_spec, children, integer,
+                                       name_of, object_name, oid, request_fields,
+                                       response_fields, service_error, status_fields, tlv)
+from edge_agent.decode.mms_tables import MMS_SERVICES, SVC_IDENTIFY
 
 
 class SPDU(dpkt.Packet):
