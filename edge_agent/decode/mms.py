@@ -13,6 +13,7 @@ support, domain and program invocation management, variable access, files), with
 IEC 61850-8-1 (Ed. 2) clause 8 (the Data types and object names "LD/LN$FC$DO$DA") and clause
 17 (reports as information reports on the "RPT" variable list). The ASN.1 is read as
 Wireshark's mms.asn spells it. BER (X.690) throughout, read by ``mms_ber.py``; big-endian.
+The names of every layer are in ``mms_tables.py``.
 
 TPKT/COTP framing and DT reassembly belong to ``cotp.py`` (TCP port 102, which owns the
 ``DECODER``): it hands every TSDU that is neither S7comm nor S7comm-plus to :func:`decode`,
@@ -62,7 +63,20 @@ from edge_agent.decode.mms_ber import (BER_APPLICATION_CONS, BER_CLASS_MASK, BER
                                        BERError, access_results, access_spec, children, integer,
                                        name_of, object_name, oid, request_fields,
                                        response_fields, service_error, status_fields, tlv)
-from edge_agent.decode.mms_tables import MMS_SERVICES, SVC_IDENTIFY
+from edge_agent.decode.mms_tables import (MMS_SERVICES, SVC_IDENTIFY, SES_SPDUS, SES_GT_DT, SES_PT,
+                                          SES_FINISH, SES_DISCONNECT, SES_REFUSE, SES_CONNECT,
+                                          SES_ACCEPT, SES_ABORT, SES_IS_REQUEST, SES_USER_DATA,
+                                          SES_EXTENDED_USER_DATA, SES_REASON_CODE, SES_LONG_LENGTH,
+                                          SES_REFUSE_REASONS, ACSE_APDUS, ACSE_KINDS,
+                                          ACSE_IS_REQUEST, ACSE_USER_INFORMATION, ACSE_PASSWORD,
+                                          ACSE_TITLES, ACSE_RESULTS, ACSE_USER_DIAGNOSTICS,
+                                          ACSE_PROVIDER_DIAGNOSTICS, ACSE_RELEASE_REASONS,
+                                          ACSE_ABORT_SOURCES, ACSE_AUTHENTICATION, MMS_PDUS,
+                                          PDU_REQUEST, PDU_RESPONSE, PDU_ERROR, PDU_UNCONFIRMED,
+                                          PDU_REJECT, PDU_CANCEL_ERROR, PDU_INITIATE_ERROR,
+                                          PDU_CONCLUDE_ERROR, MMS_PDU_KINDS, MMS_PDU_IS_REQUEST,
+                                          MMS_UNCONFIRMED, MMS_REJECTS, MMS_INITIATE_FIELDS,
+                                          MMS_INITIATE_DETAIL, IEC61850_REPORT)
 
 
 class SPDU(dpkt.Packet):
@@ -84,104 +98,6 @@ class SPDUParameter(dpkt.Packet):
     )
 
 
-# ISO 8327-1 clause 8: SPDU identifiers (as Wireshark's packet-ses.h lists them). SI 1 heading
-# a TSDU is GIVE TOKENS (category 0); after it, SI 1 is DATA TRANSFER (category 2).
-SES_SPDUS: dict[int, str] = {
-    1: "give_tokens", 2: "please_tokens", 5: "expedited_data", 7: "prepare",
-    8: "not_finished", 9: "finish", 10: "disconnect", 12: "refuse", 13: "connect",
-    14: "accept", 15: "connect_data_overflow", 16: "overflow_accept",
-    21: "give_tokens_confirm", 22: "give_tokens_ack", 25: "abort", 26: "abort_accept",
-    29: "activity_resume", 33: "typed_data", 34: "resynchronize_ack", 41: "major_sync_point",
-    42: "major_sync_ack", 45: "activity_start", 48: "exception_data", 49: "minor_sync_point",
-    50: "minor_sync_ack", 53: "resynchronize", 57: "activity_discard",
-    58: "activity_discard_ack", 61: "capability_data", 62: "capability_data_ack",
-}
-SES_GT_DT, SES_PT, SES_FINISH, SES_DISCONNECT, SES_REFUSE = 1, 2, 9, 10, 12
-SES_CONNECT, SES_ACCEPT, SES_ABORT = 13, 14, 25
-SES_IS_REQUEST: dict[int, bool] = {SES_CONNECT: True, SES_ACCEPT: False, SES_REFUSE: False,
-                                   SES_FINISH: True, SES_DISCONNECT: False}
-# ISO 8327-1 parameter codes: User Data and Extended User Data (PGI), Reason Code (PI)
-SES_USER_DATA, SES_EXTENDED_USER_DATA, SES_REASON_CODE = 193, 194, 50
-SES_LONG_LENGTH = 0xFF         # ISO 8327-1 LI: 0xFF, then the length in two octets
-# ISO 8327-1 REFUSE reason codes
-SES_REFUSE_REASONS: dict[int, str] = {
-    0: "rejection_not_specified", 1: "temporary_congestion", 2: "rejection_by_ss_user",
-    129: "session_selector_unknown", 130: "ss_user_not_attached", 131: "spm_congestion",
-    132: "versions_not_supported", 133: "spm_rejection", 134: "spm_implementation_restriction",
-}
-
-# ISO 8650-1 APDUs: [APPLICATION n] IMPLICIT SEQUENCE
-ACSE_APDUS = ("aarq", "aare", "rlrq", "rlre", "abrt")
-ACSE_KINDS = ("associate", "associate", "release", "release", "abort")
-ACSE_IS_REQUEST = (True, False, True, False, None)
-ACSE_USER_INFORMATION = 30     # [30] IMPLICIT Association-information
-ACSE_PASSWORD = "2.2.3.1"      # authentication-mechanism password-1
-# AARQ/AARE context tags whose (explicit) value is an AP title or AE qualifier
-ACSE_TITLES: tuple[dict[int, str], dict[int, str]] = (
-    {2: "called_ap_title", 3: "called_ae_qualifier", 6: "calling_ap_title",
-     7: "calling_ae_qualifier"},
-    {4: "responding_ap_title", 5: "responding_ae_qualifier"},
-)
-ACSE_RESULTS = ("accepted", "rejected_permanent", "rejected_transient")
-ACSE_USER_DIAGNOSTICS = (
-    "null", "no_reason_given", "application_context_name_not_supported",
-    "calling_ap_title_not_recognized", "calling_ap_invocation_identifier_not_recognized",
-    "calling_ae_qualifier_not_recognized", "calling_ae_invocation_identifier_not_recognized",
-    "called_ap_title_not_recognized", "called_ap_invocation_identifier_not_recognized",
-    "called_ae_qualifier_not_recognized", "called_ae_invocation_identifier_not_recognized",
-    "authentication_mechanism_name_not_recognized", "authentication_mechanism_name_required",
-    "authentication_failure", "authentication_required",
-)
-ACSE_PROVIDER_DIAGNOSTICS = ("null", "no_reason_given", "no_common_acse_version")
-ACSE_RELEASE_REASONS = ({0: "normal", 1: "urgent", 30: "user_defined"},
-                        {0: "normal", 1: "not_finished", 30: "user_defined"})
-ACSE_ABORT_SOURCES = ("acse_service_user", "acse_service_provider")
-ACSE_AUTHENTICATION = ("charstring", "bitstring", "external", "other")
-
-# ISO 9506-2 MMSpdu choices, tshark's names in snake case without "PDU"
-MMS_PDUS = (
-    "confirmed_request", "confirmed_response", "confirmed_error", "unconfirmed", "reject",
-    "cancel_request", "cancel_response", "cancel_error", "initiate_request",
-    "initiate_response", "initiate_error", "conclude_request", "conclude_response",
-    "conclude_error",
-)
-PDU_REQUEST, PDU_RESPONSE, PDU_ERROR, PDU_UNCONFIRMED, PDU_REJECT = 0, 1, 2, 3, 4
-PDU_CANCEL_ERROR, PDU_INITIATE_ERROR, PDU_CONCLUDE_ERROR = 7, 10, 13
-MMS_PDU_KINDS = ("", "", "", "", "reject", "cancel", "cancel", "cancel_exception", "initiate",
-                 "initiate", "initiate_exception", "conclude", "conclude",
-                 "conclude_exception")
-MMS_PDU_IS_REQUEST = (True, False, False, None, None, True, False, False, True, False, False,
-                      True, False, False)
-# ISO 9506-2 UnconfirmedService choices
-MMS_UNCONFIRMED = ("information_report", "unsolicited_status", "event_notification")
-# ISO 9506-2 RejectPDU: the rejected PDU (tag 1-11) and its reason codes
-_OTHER_INVOKE = {0: "other", 1: "invalid_invoke_id"}
-MMS_REJECTS: dict[int, tuple[str, dict[int, str]]] = {
-    1: ("confirmed_request", {0: "other", 1: "unrecognized_service", 2: "unrecognized_modifier",
-                              3: "invalid_invoke_id", 4: "invalid_argument",
-                              5: "invalid_modifier", 6: "max_serv_outstanding_exceeded",
-                              8: "max_recursion_exceeded", 9: "value_out_of_range"}),
-    2: ("confirmed_response", {0: "other", 1: "unrecognized_service", 2: "invalid_invoke_id",
-                               3: "invalid_result", 5: "max_recursion_exceeded",
-                               6: "value_out_of_range"}),
-    3: ("confirmed_error", {0: "other", 1: "unrecognized_service", 2: "invalid_invoke_id",
-                            3: "invalid_service_error", 4: "value_out_of_range"}),
-    4: ("unconfirmed", {0: "other", 1: "unrecognized_service", 2: "invalid_argument",
-                        3: "max_recursion_exceeded", 4: "value_out_of_range"}),
-    5: ("pdu_error", {0: "unknown_pdu_type", 1: "invalid_pdu", 2: "illegal_acse_mapping"}),
-    6: ("cancel_request", _OTHER_INVOKE),
-    7: ("cancel_response", _OTHER_INVOKE),
-    8: ("cancel_error", {0: "other", 1: "invalid_invoke_id", 2: "invalid_service_error",
-                         3: "value_out_of_range"}),
-    9: ("conclude_request", {0: "other", 1: "invalid_argument"}),
-    10: ("conclude_response", {0: "other", 1: "invalid_result"}),
-    11: ("conclude_error", {0: "other", 1: "invalid_service_error", 2: "value_out_of_range"}),
-}
-# ISO 9506-2 Initiate-Request/ResponsePDU [0]-[3] and the init detail's [0]-[2]
-MMS_INITIATE_FIELDS = ("local_detail", "max_serv_outstanding_calling",
-                       "max_serv_outstanding_called", "data_structure_nesting_level")
-MMS_INITIATE_DETAIL = ("version_number", "parameter_cbb", "services_supported")
-IEC61850_REPORT = "RPT"        # IEC 61850-8-1 clause 17: reports name this variable list
 # Request context a response or error takes when it has none of its own
 # (an error, which names no service, takes the request's; a response names its own).
 MMS_RESPONSE_CONTEXT_KEYS = ("domain", "item", "items", "item_count", "variable_list",
