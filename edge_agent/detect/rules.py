@@ -22,7 +22,7 @@ from typing import Any, Iterable
 
 from edge_agent.detect.profiles import Baseline
 from edge_agent.events import to_record
-from edge_agent.features.extract import ChannelVector, address_of, base_kind, unit_of
+from edge_agent.features.extract import FAMILIES, ChannelVector, address_of, base_kind, unit_of
 from edge_agent.flows.table import Flow, MessageEvent
 
 if sys.version_info >= (3, 11):
@@ -153,7 +153,7 @@ class Detector:
         # requests seen. Kept across windows, bounded, oldest forgotten first.
         self.prints: OrderedDict[tuple, tuple[int, int, int]] = OrderedDict()
         self.connections: OrderedDict[int, list[int]] = OrderedDict()
-        self.channel_requests: OrderedDict[tuple[str, str, str], int] = OrderedDict()
+        self.channel_requests: dict[tuple[str, str, str], int] = {}
         self.set_baseline(baseline)
         self.windows_closed = 0
         self._reset_window_state()
@@ -171,18 +171,23 @@ class Detector:
         self.by_family: dict[str, list[Rule]] = {}
         self.by_kind: dict[str, list[Rule]] = {}
         self.kinds: dict[str, list[Rule]] = {w: [] for w in WHEN}
-        self.replay_ids: dict[str, tuple[str, list[Rule]]] = {}    # proto -> (id field, rules)
+        replay: dict[str, tuple[str, list[Rule]]] = {}
         for r in rules:
             self.kinds[r.when].append(r)
             if r.when == "replay":
                 for proto, id_field in r.ids:
                     if proto in r.protocols:
-                        self.replay_ids.setdefault(proto, (id_field, []))[1].append(r)
+                        replay.setdefault(proto, (id_field, []))[1].append(r)
             if r.when == "message":
                 for fam in r.families:
                     self.by_family.setdefault(fam, []).append(r)
                 for kind in r.kinds:
                     self.by_kind.setdefault(kind, []).append(r)
+        # proto -> (its id field, its replay rules, the families they look at)
+        self.replay_ids: dict[str, tuple[str, list[Rule], frozenset[str]]] = {
+            proto: (id_field, rs, frozenset(f for f in (*FAMILIES, "other")
+                                            if any(r.covers(f) for r in rs)))
+            for proto, (id_field, rs) in replay.items()}
 
     def _reset_window_state(self) -> None:
         self.checked_flows: set[int] = set()
@@ -313,23 +318,22 @@ class Detector:
         connection from 0 or 1 repeats itself legitimately. A remembered request is dropped
         once the channel has carried ``ID_SPAN`` requests since, as a 16-bit id may come round.
         """
-        id_field, rules = self.replay_ids[proto]
+        id_field, rules, families = self.replay_ids[proto]
         flow, fields = ev.flow, ev.message.fields
         rid = fields.get(id_field)
         if rid is None:
             return
         channel = (flow.client_ip, flow.server_ip, proto)
-        n = self.channel_requests.pop(channel, 0) + 1
-        self.channel_requests[channel] = n
-        if len(self.channel_requests) > self.max_known:
-            self.channel_requests.popitem(last=False)
+        counts = self.channel_requests
+        n = counts[channel] = counts.get(channel, 0) + 1
+        if n == 1 and len(counts) > self.max_known:
+            del counts[next(iter(counts))]          # (a channel forgotten, its prints expire)
         conn = self.connections.get(flow.flow_id)
         if conn is None:
             conn = self.connections[flow.flow_id] = [rid, 0]
             if len(self.connections) > MAX_CONNECTIONS:
                 self.connections.popitem(last=False)
-        rules = [r for r in rules if r.covers(family)]
-        if not rules:
+        if family not in families:
             return
         key = (channel, hash(repr(fields)))           # the fields hold the id
         old = self.prints.get(key)
@@ -343,6 +347,8 @@ class Detector:
             return
         conn[1] += 1
         for rule in rules:
+            if not rule.covers(family):
+                continue
             threshold = int(rule.params.get("threshold", 2))
             if conn[1] >= threshold:
                 f = self._find(rule, f"{proto} {family} requests of an earlier connection "
