@@ -212,9 +212,15 @@ class Pipeline:
             self._roll(now)
 
     def _roll(self, now: float) -> None:
-        if self.window.start is not None:
-            self._close_window(complete=True, now=now)
-        self.window.open_at(now)
+        win = self.window
+        if win.start is not None:
+            # Time stepped back (the next capture file, a clock set back): this window was cut
+            # short at its last packet, like the last one of a run.
+            if now < win.start:
+                self._close_window(complete=False, now=self.last_ts)
+            else:
+                self._close_window(complete=True, now=now)
+        win.open_at(now)
 
     def _close_window(self, complete: bool, now: float) -> None:
         win = self.window
@@ -226,7 +232,13 @@ class Pipeline:
             self.on_window(vectors)
         if self.learner is not None:
             self._learn(vectors, now)
-        scores = self.scorer.score(vectors) if self.scorer is not None and vectors else None
+        # A window cut short (end of a capture, a stop, time stepping back) holds seconds of
+        # traffic: a poll every 5 s is one or two requests in it, so its rates, gaps and shares
+        # are noise the model was not built to judge. It is not scored at all rather than scored
+        # and then silenced: no ONNX run, and no score anywhere that no finding could follow.
+        # The rules, which count events, still see it.
+        scores = (self.scorer.score(vectors)
+                  if complete and self.scorer is not None and vectors else None)
         self._found(self.detector.on_window(vectors, scores, self.last_ts))
         flows, folded = self.table.drain_window()
         self.inventory.observe_flows(flows, self.last_ts)
