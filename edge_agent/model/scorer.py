@@ -36,6 +36,13 @@ N_FEATURES = len(FEATURE_NAMES)
 # feature (a first write on a read-only channel) dominate every score without bound.
 STD_FLOOR = 0.05
 THRESHOLD_POLICIES = ("quantile",)
+# One threshold policy for the prebuilt model (scripts/train) and a site's calibration: the
+# 0.999 quantile of the normal windows' scores, raised by 40 %. A site calibrates on its first
+# minutes or hours of traffic, a few hundred windows at most, so their highest score
+# underestimates a day's: with 25 % the ordinary variation of a plant crossed it several times a
+# day.
+QUANTILE = 0.999
+MARGIN = 0.4
 FIT_CHUNK = 16_384            # rows per session run when fitting a site
 # Non-finite inputs would make a NaN score that is never "> threshold": they score as huge.
 _CLIP = 1e6
@@ -75,7 +82,7 @@ class Threshold:
     value: float
 
     @classmethod
-    def fit(cls, scores: np.ndarray, q: float = 0.999, margin: float = 0.25) -> Threshold:
+    def fit(cls, scores: np.ndarray, q: float = QUANTILE, margin: float = MARGIN) -> Threshold:
         scores = np.asarray(scores, dtype=np.float64)
         if scores.size == 0:
             raise ValueError("a threshold needs at least one score")
@@ -365,8 +372,8 @@ class Scorer:
         site.path = self.path
         return site
 
-    def fit_site(self, vectors: Sequence[ChannelVector] | np.ndarray, q: float = 0.999,
-                 margin: float = 0.25, floor: float = STD_FLOOR) -> tuple[Scaler, Threshold]:
+    def fit_site(self, vectors: Sequence[ChannelVector] | np.ndarray, q: float = QUANTILE,
+                 margin: float = MARGIN, floor: float = STD_FLOOR) -> tuple[Scaler, Threshold]:
         """A scaler and threshold fitted to a site's normal windows (learning mode).
 
         The scaler is the windows' mean and standard deviation (floored); the threshold is the
