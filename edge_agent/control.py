@@ -84,6 +84,11 @@ class RunningControl(OfflineControl):
         new = commit_device_key(self._state)
         if new is not None:
             self.key = self.agent.key = self.agent.store.key = new
+            transport = self.agent.transport
+            if transport is not None and transport.started:
+                # The broker holds a last will signed by the old key. It is renewed (a new
+                # connection) once this command is acknowledged: Agent.run_commands.
+                self.agent.will_stale = True
 
     def restart_capture(self) -> dict[str, Any] | None:
         return self.agent.restart_capture()

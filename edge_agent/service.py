@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -33,7 +34,8 @@ BASELINE_FILE = "baseline.json"
 MIN_CALIBRATION_WINDOWS = 20  # window vectors needed to calibrate the model for a site
 STATUS_FILE = "status.json"
 STATUS_EVERY = 5.0            # seconds between refreshes of the status file (and watchdog)
-MAX_QUEUED_COMMANDS = 64      # fleet commands waiting for the pipeline thread
+MAX_QUEUED_COMMANDS = 64      # fleet commands waiting for the pipeline thread (then the
+                              # MQTT thread waits too), and the most run per turn of the loop
 
 
 def sd_notify(message: str) -> bool:
@@ -151,12 +153,16 @@ class Agent:
         self.executor = self._fleet(cfg)
         # Commands arrive on the MQTT thread; they run on the pipeline's, between packets.
         self.commands: collections.deque[tuple[bytes, Callable[[], None]]] = collections.deque()
+        self.room = threading.Condition()    # signalled when a queued command is taken
+        self.closing = False
+        self.will_stale = False     # the device key changed: the broker holds an old last will
         self.transport: Any = None
         if cfg["mqtt"]["url"]:
             from edge_agent.transport.mqtt import MqttTransport
             self.transport = MqttTransport(
                 cfg, self.spool.path, cfg.agent_id, cfg["agent"]["site"], self._status_doc,
-                fsync, on_command=self._command if self.executor is not None else None)
+                fsync, on_command=self._command if self.executor is not None else None,
+                receive_max=MAX_QUEUED_COMMANDS)
             self.store.on_stored = self.transport.notify
             if self.executor is not None:
                 self.executor.on_stored = self.transport.notify
@@ -179,20 +185,37 @@ class Agent:
         return Executor(verifier, self.control, self.spool, lambda: self.key, cfg.agent_id,
                         cfg["agent"]["site"])
 
-    def _command(self, payload: bytes, ack: Callable[[], None]) -> None:
-        """From the MQTT thread. A full queue leaves the command unacknowledged: the broker
-        delivers it again."""
-        if len(self.commands) < MAX_QUEUED_COMMANDS:
+    def _command(self, payload: bytes, ack: Callable[[], None], live: Callable[[], bool]) -> None:
+        """From the MQTT thread. While the queue is full it waits (and so reads nothing more:
+        the broker holds the rest of a burst). It gives up only when the agent stops or the
+        connection is going (``live()`` False): then the command stays unacknowledged, and
+        the broker, which keeps the session, delivers it again on the next connection."""
+        with self.room:
+            while len(self.commands) >= MAX_QUEUED_COMMANDS:
+                if self.closing or not live():
+                    log.info("fleet command left to the broker to deliver again: %s",
+                             "the agent stops" if self.closing else "reconnecting")
+                    return
+                self.room.wait(0.2)
             self.commands.append((payload, ack))
 
     def run_commands(self) -> None:
-        """On the pipeline's thread: execute what arrived, acknowledge once stored."""
-        while self.commands:
-            payload, ack = self.commands.popleft()
+        """On the pipeline's thread: execute what arrived, acknowledge once stored. At most
+        ``MAX_QUEUED_COMMANDS`` a call, so a flood of commands does not stall the capture."""
+        for _ in range(MAX_QUEUED_COMMANDS):
+            with self.room:
+                if not self.commands:
+                    return
+                payload, ack = self.commands.popleft()
+                self.room.notify()
             outcome = self.executor.handle(payload, time.time())
             cmd = outcome.command.cmd if outcome.command is not None else "?"
             log.info("fleet command %s: %s", cmd, outcome.status)
             ack()
+            if self.will_stale:
+                # After the ack, so the rotation command is not delivered again.
+                self.will_stale = False
+                self.transport.renew_will()
 
     def restart_capture(self) -> dict[str, Any]:
         restart = getattr(self.source, "restart", None)
@@ -307,6 +330,9 @@ class Agent:
             write_status(self.status_path, {**self.status(), "stopped": True})
         except OSError:
             pass
+        with self.room:
+            self.closing = True     # the MQTT thread stops waiting for room in the queue
+            self.room.notify_all()
         if self.transport is not None:
             self.transport.close(10.0)
             self.transport = None

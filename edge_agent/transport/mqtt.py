@@ -8,8 +8,23 @@ pipeline ─ spool.append ─▶ notify() ─▶ outbox thread ──publish─�
 
 Topics are ``<prefix>/<site>/<agent_id>/<suffix>`` (``KIND_TOPICS``). ``status`` is retained:
 ``status_doc("online")`` on every connect, ``status_doc("offline")`` as the retained last will
-(made once at start) and published by :meth:`close` before a clean DISCONNECT, which discards
-the will. Every other document comes from the spool.
+and published by :meth:`close` before a clean DISCONNECT, which discards the will. Every other
+document comes from the spool.
+
+The will is signed when the connection is opened (:meth:`start`) and travels in CONNECT only:
+a new device key needs a new connection. :meth:`renew_will` sends what is in flight, leaves
+with a clean DISCONNECT (the broker drops the old will and publishes nothing), and connects
+again the way :meth:`start` does, with a will signed by the new key; the subscriptions and the
+retained "online" status follow as on any connect.
+
+Commands (``on_command``). Each is handed over with ``ack`` (call it once its result is
+stored) and ``live`` (False once the connection it came on is closing or gone). An ack is
+sent on that connection only: after a reconnect the broker, which keeps the session, delivers
+an unacknowledged command again with the same packet id, and an old ack could acknowledge
+another message that now has that id. So a command in hand across a reconnect arrives twice,
+and the executor's replay store answers the second copy. With MQTT 5 the CONNECT carries
+``receive_max`` (Receive Maximum): a broker that honours it sends no more unacknowledged
+commands than the agent queues.
 
 Delivery. The spool is the only durable state; the broker session is not relied on
 (``clean_start``). The outbox thread reads ``unpublished()`` in id order through its own
@@ -155,7 +170,8 @@ class MqttTransport:
 
     def __init__(self, cfg: Config, spool_path: str | Path, agent_id: str, site: str,
                  status_doc: Callable[[str], str], fsync: str | None = None,
-                 on_command: Callable[[bytes, Callable[[], None]], None] | None = None) -> None:
+                 on_command: Callable[[bytes, Callable[[], None], Callable[[], bool]], None]
+                 | None = None, receive_max: int | None = None) -> None:
         m = cfg["mqtt"]
         if not m["url"]:
             raise ConfigError("mqtt.url", "empty: no broker to publish to")
@@ -186,6 +202,7 @@ class MqttTransport:
         self.cmd_topics = (command_topics(m["topic_prefix"], site, agent_id)
                            if on_command is not None else [])
         self.session_expiry = int(cfg["fleet"]["max_ttl_s"])
+        self.receive_max = receive_max
         if self.v5:
             client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=agent_id,
                                  protocol=mqtt.MQTTv5, manual_ack=bool(self.cmd_topics))
@@ -220,6 +237,9 @@ class MqttTransport:
         self._status_mids: dict[int, str] = {}
         self._thread: threading.Thread | None = None
         self._started = self._closing = self._stopping = False
+        self._leaving = False             # renew_will: this connection is about to close
+        self._link = 0                    # connection number; one more at every disconnect
+        self._ack_lock = threading.Lock()   # a command's ack and the end of its connection
         self._connected = False
         self._connected_since = 0.0
         self._ever_connected = False
@@ -267,15 +287,30 @@ class MqttTransport:
     def topic(self, kind: str) -> str:
         return f"{self.base}/{KIND_TOPICS[kind]}"
 
+    @property
+    def started(self) -> bool:
+        return self._started and not self._stopping
+
     def start(self) -> None:
         if self._started:
             return
-        self.client.will_set(self.status_topic, self.status_doc("offline"), qos=QOS, retain=True)
+        self._connect(self.status_doc("offline"))
         self._started = True
-        self._state = "connecting"
+        self._wake.set()     # a first round at once: count the outbox
+        self._thread = threading.Thread(target=self._run, name="edge-agent-mqtt-outbox",
+                                        daemon=True)
+        self._thread.start()
+
+    def _connect(self, will: str) -> None:
+        """Open the connection in paho's thread (it retries on its own), with ``will``."""
+        self.client.will_set(self.status_topic, will, qos=QOS, retain=True)
+        with self._lock:
+            self._state = "connecting"
         if self.v5 and self.cmd_topics:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = self.session_expiry
+            if self.receive_max:
+                props.ReceiveMaximum = self.receive_max
             self.client.connect_async(self.host, self.port, self.keepalive, clean_start=False,
                                       properties=props)
         elif self.v5:
@@ -283,10 +318,32 @@ class MqttTransport:
         else:
             self.client.connect_async(self.host, self.port, self.keepalive)
         self.client.loop_start()
-        self._wake.set()     # a first round at once: count the outbox
-        self._thread = threading.Thread(target=self._run, name="edge-agent-mqtt-outbox",
-                                        daemon=True)
-        self._thread.start()
+
+    def renew_will(self, timeout: float = 5.0) -> None:
+        """Reconnect with a last will signed now (after a device key change); see the module
+        notes. Blocks for as long as what is in flight takes to be acknowledged, at most
+        ``timeout``: whatever is still in flight then stays with paho, which sends it again
+        on the new connection with the same packet id, and the outbox marks it on its PUBACK.
+        """
+        if not self.started or self._closing:
+            return
+        will = self.status_doc("offline")     # before leaving: if signing fails, we stay
+        log.info("mqtt: renewing the last will (new device key): reconnecting to %s", self.where)
+        # Nothing more is handed to paho; what is in flight is acknowledged before the
+        # DISCONNECT, so none of it is sent twice.
+        self._leaving = True
+        if self._connected:
+            self._flush(time.monotonic() + timeout)
+        self.client.disconnect()     # clean: the broker discards the old will
+        self.client.loop_stop()
+        # paho's thread may have been opening a connection when asked to disconnect, and
+        # stopped with it open: send that one a DISCONNECT too (no-op without a socket).
+        self.client.disconnect()
+        with self._ack_lock:
+            self._link += 1
+        self._leaving = False
+        self._connect(will)
+        self._wake.set()
 
     def _on_message(self, client: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
         """A command: handed on with the way to acknowledge it once its result is stored."""
@@ -294,7 +351,17 @@ class MqttTransport:
         if self.on_command is None or msg.topic not in self.cmd_topics:
             client.ack(mid, qos)
             return
-        self.on_command(bytes(msg.payload), lambda: client.ack(mid, qos))
+        link = self._link
+
+        def ack() -> None:
+            with self._ack_lock:     # not after the connection ended: see the module notes
+                if link == self._link:
+                    client.ack(mid, qos)
+
+        def live() -> bool:
+            return link == self._link and not (self._leaving or self._closing)
+
+        self.on_command(bytes(msg.payload), ack, live)
 
     def notify(self) -> None:
         """New documents are in the spool. Cheap and thread-safe; never blocks."""
@@ -320,20 +387,7 @@ class MqttTransport:
         if not self._started or self._stopping:
             return
         deadline = time.monotonic() + timeout
-        reserve = min(1.0, timeout / 2)
-        with self._lock:
-            self._flush_asked += 1
-            asked = self._flush_asked
-        self._wake.set()
-        while time.monotonic() < deadline - reserve:
-            with self._lock:
-                # A round that began after the request found nothing more to send, or
-                # nothing can be sent: the broker refused us or is out of reach.
-                done = self._flush_done >= asked and (
-                    not self._busy or self._state not in ("connected", "connecting"))
-            if done:
-                break
-            time.sleep(0.01)
+        self._flush(deadline - min(1.0, timeout / 2))
         self._closing = True
         self._wake.set()
         if self.client.is_connected():
@@ -354,6 +408,22 @@ class MqttTransport:
         with self._lock:
             self._state = "closed"
             self._connected = False
+
+    def _flush(self, until: float) -> None:
+        """Wait, until ``until`` at most, for the outbox to have sent what it holds."""
+        with self._lock:
+            self._flush_asked += 1
+            asked = self._flush_asked
+        self._wake.set()
+        while time.monotonic() < until:
+            with self._lock:
+                # A round that began after the request found nothing more to send, or
+                # nothing can be sent: the broker refused us or is out of reach.
+                done = self._flush_done >= asked and (
+                    not self._busy or self._state not in ("connected", "connecting"))
+            if done:
+                return
+            time.sleep(0.01)
 
     def __enter__(self) -> MqttTransport:
         self.start()
@@ -441,6 +511,8 @@ class MqttTransport:
     def _on_disconnect(self, _client: mqtt.Client, _ud: Any, flags: Any, reason: ReasonCode,
                        _props: Any) -> None:
         now = time.monotonic()
+        with self._ack_lock:
+            self._link += 1          # acks of this connection's commands are not sent now
         with self._lock:
             was = self._connected
             self._connected = False
@@ -448,7 +520,7 @@ class MqttTransport:
                 self._logged_error = None
         sock = self._socket_error
         self._socket_error = None
-        if self._closing and not reason.is_failure:
+        if (self._closing or self._leaving) and not reason.is_failure:
             return
         if was:
             if flags.is_disconnect_packet_from_server:
@@ -500,7 +572,7 @@ class MqttTransport:
                     if self._stopping:
                         break
                     fetched = 0
-                    if self._connected and not self._closing:
+                    if self._connected and not (self._closing or self._leaving):
                         fetched = self._fill(spool)
                     self._refresh(spool, fetched, asked)
                 except sqlite3.OperationalError as exc:
