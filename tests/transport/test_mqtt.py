@@ -222,6 +222,7 @@ from edge_agent.transport.mqtt import MqttTransport
 from edge_agent.transport.spool import Spool
 
 raw, path, count, pace = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+renew_at = int(sys.argv[5]) if len(sys.argv) > 5 else -1   # renew_will after that many
 cfg = validate(raw)
 calls = 0
 def status(state):
@@ -231,7 +232,9 @@ def status(state):
 spool = Spool(path)
 t = MqttTransport(cfg, path, cfg["agent"]["id"], cfg["agent"]["site"], status)
 t.start()
-for _ in range(count):
+for i in range(count):
+    if i == renew_at:
+        t.renew_will()
     seq = spool.next_seq()
     spool.append("summary", float(seq), json.dumps({"seq": seq, "pad": "x" * 300}), seq=seq)
     t.notify()
@@ -244,10 +247,11 @@ print(json.dumps(t.stats()), flush=True)
 """
 
 
-def _child(raw: dict[str, Any], path: Path, count: int, pace: float) -> subprocess.Popen:
+def _child(raw: dict[str, Any], path: Path, count: int, pace: float,
+           renew_at: int = -1) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(raw), str(path),
-                             str(count), str(pace)], cwd=ROOT, env=env,
+                             str(count), str(pace), str(renew_at)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -388,3 +392,139 @@ def test_mqtt311_acl_refusal_is_invisible_and_loses_the_document(broker: Broker,
         assert t.stats()["refused"] == 0 and spool.count(unpublished=True) == 0
     finally:
         t.close(2)
+
+
+# --- a new last will (device key rotation), and commands ---------------------------------------
+
+class Commands:
+    """An ``on_command`` that keeps what arrives, ``(payload, ack, live)`` in arrival order."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[bytes, Callable[[], None], Callable[[], bool]]] = []
+
+    def __call__(self, payload: bytes, ack: Callable[[], None], live: Callable[[], bool]) -> None:
+        self.got.append((payload, ack, live))
+
+    def payloads(self) -> list[bytes]:
+        return [p for p, _, _ in list(self.got)]
+
+
+def send_commands(sub: Any, *payloads: bytes) -> None:
+    infos = [sub.client.publish(f"{BASE}/cmd", p, qos=1) for p in payloads]
+    for info in infos:
+        info.wait_for_publish(5)
+        assert info.is_published()
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_renew_will_reconnects_cleanly_nothing_lost_or_sent_twice(broker: Broker, tmp_path: Path,
+                                                                  protocol: str) -> None:
+    """renew_will twice while documents stream: each document arrives once and in order, the
+    clean DISCONNECTs publish no will, each new connection says "online" again, and commands
+    still arrive."""
+    sub = broker.subscriber()
+    path = tmp_path / "spool.sqlite"
+    spool = Spool(path)
+    commands = Commands()
+    t = MqttTransport(config(broker, protocol=protocol), path, AGENT, SITE, FakeStatus(),
+                      on_command=commands)
+    t.start()
+    total = 300
+    stop = threading.Event()
+    writer = _appender(Spool(path), t, total, 0.003, stop)
+    try:
+        for at in (60, 150):
+            wait(lambda at=at: len(sub.messages(f"{BASE}/summary")) >= at, 10, f"{at} summaries")
+            t.renew_will()
+        writer.join(20)
+        wait(lambda: len(sub.messages(f"{BASE}/summary")) >= total, 10, f"{total} summaries")
+        wait(lambda: t.stats()["outbox"] == 0, 5, "an empty outbox")
+        send_commands(sub, b"after")
+        wait(lambda: commands.payloads() == [b"after"], 5, "a command after the renewals")
+        commands.got[0][1]()
+    finally:
+        stop.set()
+        t.close(5)
+    sub.barrier()
+    got = seqs(sub.payloads(f"{BASE}/summary"))
+    assert got == list(range(1, total + 1)), _describe(got, total)
+    assert spool.count(unpublished=True) == 0
+    states = [json.loads(m.payload) for m in sub.messages(f"{BASE}/status")]
+    # n: the will made at start is 1, the one renew_will makes 3, then 5.
+    assert [(s["state"], s["n"]) for s in states] == [("online", 2), ("online", 4),
+                                                     ("online", 6), ("offline", 7)]
+    assert t.stats()["reconnects"] == 2 and t.stats()["published"] == total
+
+
+def test_sigkill_after_renew_will_leaves_the_new_will(broker: Broker, tmp_path: Path) -> None:
+    sub = broker.subscriber()
+    path = tmp_path / "spool.sqlite"
+    child = _child(raw_config(broker), path, 5000, 0.002, renew_at=30)
+    try:
+        wait(lambda: any(json.loads(m.payload)["n"] == 4 for m in sub.messages(f"{BASE}/status"))
+             or child.poll() is not None, 20, "online again after renew_will")
+        assert child.poll() is None, child.communicate()
+        child.send_signal(signal.SIGKILL)
+        child.wait(5)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    wait(lambda: any(json.loads(m.payload)["state"] == "offline"
+                     for m in sub.messages(f"{BASE}/status")), 5, "the last will")
+    sub.barrier()
+    states = [json.loads(m.payload) for m in sub.messages(f"{BASE}/status")]
+    # The will made by renew_will (n 3), and never the first one (n 1).
+    assert [(s["state"], s["n"]) for s in states] == [("online", 2), ("online", 4),
+                                                     ("offline", 3)]
+    assert retained_json(broker, f"{BASE}/status") == states[-1]
+
+
+def test_commands_held_to_receive_maximum_and_acked_on_their_connection(
+        broker: Broker, tmp_path: Path) -> None:
+    commands = Commands()
+    t = MqttTransport(config(broker), tmp_path / "spool.sqlite", AGENT, SITE, FakeStatus(),
+                      on_command=commands, receive_max=4)
+    sub = broker.subscriber()
+    sent = [f"command {i}".encode() for i in range(10)]
+    try:
+        t.start()
+        wait(lambda: t.stats()["connected"], 10, "connected")
+        sub.barrier()
+        send_commands(sub, *sent)
+        wait(lambda: len(commands.got) >= 4, 5, "the first commands")
+        time.sleep(0.5)
+        first = list(commands.got)
+        # None acknowledged: the broker holds the rest back (MQTT 5 Receive Maximum).
+        assert [p for p, _, _ in first] == sent[:4]
+        assert all(live() for _, _, live in first)
+
+        t.renew_will()
+        assert not any(live() for _, _, live in first)
+        # Unacknowledged, the four come again on the new connection (the session is kept).
+        wait(lambda: len(commands.got) >= 8, 5, "the four again")
+        again = commands.got[4:8]
+        assert [p for p, _, _ in again] == sent[:4] and all(live() for _, _, live in again)
+        # Acks from the old connection are not sent: the packet ids now name the new copies,
+        # and acknowledging one would make the broker send more.
+        for _, ack, _ in first:
+            ack()
+        time.sleep(0.5)
+        assert commands.payloads()[8:] == []
+
+        acked = 4
+
+        def ack_what_came() -> bool:
+            nonlocal acked
+            got = list(commands.got)
+            for _, ack, _ in got[acked:]:
+                ack()
+            acked = len(got)
+            return len(got) >= 14
+        for _, ack, _ in again:
+            ack()
+        wait(ack_what_came, 5, "the rest of the commands")
+        time.sleep(0.3)
+        assert commands.payloads()[8:] == sent[4:]          # each once, in order
+    finally:
+        t.close(2)
+        sub.close()
