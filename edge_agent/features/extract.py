@@ -25,7 +25,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-FEATURE_VERSION = 1
+# 2: the decayed mean rate behind ``rate_dev`` (and ``ChannelVector.mean_rate``) follows a
+# window's rate only within a factor RATE_CLAMP of itself, so version 1 models are refused.
+FEATURE_VERSION = 2
 FEATURE_NAMES: tuple[str, ...] = (
     "msg_rate_log",       # log1p(messages per minute)
     "req_rate_log",       # log1p(requests per minute)
@@ -50,7 +52,8 @@ FEATURE_NAMES: tuple[str, ...] = (
     "channel_new",        # 1 when the channel was never seen before
     "src_fanout_log",     # channels the client opened in this window
     "dst_fanin_log",      # clients of the server in this window
-    "rate_dev",           # (rate - decayed mean rate) / (decayed mean + 1), clipped to [-4, 4]
+    "rate_dev",           # (rate - decayed mean rate) / (decayed mean + 1), clipped to [-4, 4];
+                          # the mean follows bursts only within RATE_CLAMP (update_rate)
 )
 N_FEATURES = len(FEATURE_NAMES)
 INDEX = {name: i for i, name in enumerate(FEATURE_NAMES)}
@@ -62,6 +65,14 @@ _PROGRAM = frozenset({"program_download", "program_upload", "firmware"})
 _DIAG = frozenset({"diagnostic", "identify"})
 MAX_SET = 256                # distinct functions/addresses/units remembered per channel window
 EWMA_ALPHA = 0.2             # weight of the newest window in the decayed rate
+# A burst (or a lull) moves the decayed rate at most as a window at RATE_CLAMP times (or
+# 1/RATE_CLAMP of) the mean would: otherwise one bursty window drags the mean with it and the
+# ordinary windows after it look like deviations for many windows. The first EWMA_WARMUP
+# windows follow the rate freely: a channel often starts mid-window, so its first rate is a
+# fraction of its usual one, and a clamped mean would take many windows to climb out of it.
+RATE_CLAMP = 2.0
+RATE_FLOOR = 1.0             # messages/min: the least mean the upward clamp is taken from
+EWMA_WARMUP = 3
 
 
 def load_families() -> dict[tuple[str, str], str]:
@@ -310,8 +321,9 @@ class FeatureTracker:
                 if ch.addr_min >= 0:
                     lo, hi = known["ranges"].get("*", (ch.addr_min, ch.addr_max))
                     known["ranges"]["*"] = (min(lo, ch.addr_min), max(hi, ch.addr_max))
-                known["ewma_rate"] = rate if ewma is None else (1 - EWMA_ALPHA) * ewma + EWMA_ALPHA * rate
-                known["windows"] = known.get("windows", 0) + 1
+                windows = known.get("windows", 0)
+                known["ewma_rate"] = rate if ewma is None else update_rate(ewma, rate, windows)
+                known["windows"] = windows + 1
         self.window = {}
         self.generation += 1
         return out
@@ -322,6 +334,13 @@ class FeatureTracker:
             return ch.addr_seen if known is None or "*" not in known.get("ranges", {}) else 0
         lo, hi = known["ranges"]["*"]
         return sum(1 for a in ch.addrs if a < lo or a > hi)
+
+
+def update_rate(ewma: float, rate: float, windows: int) -> float:
+    """The channel's decayed rate after a window at ``rate``; ``rate_dev`` keeps the raw rate."""
+    if windows >= EWMA_WARMUP:
+        rate = min(max(rate, ewma / RATE_CLAMP), max(ewma, RATE_FLOOR) * RATE_CLAMP)
+    return (1 - EWMA_ALPHA) * ewma + EWMA_ALPHA * rate
 
 
 def vector_table(vectors: Iterable[ChannelVector]) -> list[list[float]]:

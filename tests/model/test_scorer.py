@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,8 @@ from edge_agent.capture.source import FileSource
 from edge_agent.config import load
 from edge_agent.features.extract import FEATURE_NAMES, FEATURE_VERSION, INDEX, ChannelVector
 from edge_agent.model.scorer import (
+    MARGIN,
+    QUANTILE,
     STD_FLOOR,
     Manifest,
     ModelError,
@@ -128,10 +131,14 @@ def test_a_manifest_with_other_features_is_refused(tmp_path: Path, change: Any,
 
 
 @needs_model
-def test_a_manifest_of_another_feature_version_is_refused(tmp_path: Path) -> None:
-    path = copy_model(tmp_path, feature_version=FEATURE_VERSION + 1)
-    with pytest.raises(ModelError, match=f"feature_version is {FEATURE_VERSION + 1}, the agent "
-                                         f"computes version {FEATURE_VERSION}"):
+@pytest.mark.parametrize("version", [FEATURE_VERSION - 1, FEATURE_VERSION + 1])
+def test_a_manifest_of_another_feature_version_is_refused(tmp_path: Path, version: int) -> None:
+    """Same feature names, another meaning (version 1 computed rate_dev against a mean rate
+    that followed every burst): refused, saying which model and both versions."""
+    path = copy_model(tmp_path, feature_version=version)
+    with pytest.raises(ModelError, match=re.escape(
+            f"{path}: model edge-ae v1 was built for other features: feature_version is "
+            f"{version}, the agent computes version {FEATURE_VERSION}")):
         Scorer.load(path)
 
 
@@ -254,6 +261,16 @@ def test_site_fitting_sets_a_threshold_few_fitting_windows_exceed(
     # A feature the site never varies gets the floor, not a zero scale.
     assert scaler.scale[INDEX["control_frac"]] == STD_FLOOR
     assert min(scaler.scale) >= STD_FLOOR
+
+
+@needs_model
+def test_one_threshold_policy_for_the_prebuilt_model_and_site_calibration(
+        scorer: Scorer, normal: list[ChannelVector]) -> None:
+    shipped = scorer.manifest.threshold
+    assert (shipped.policy, shipped.q, shipped.margin) == ("quantile", QUANTILE, MARGIN)
+    assert MARGIN == 0.4
+    _, site = scorer.fit_site(normal)
+    assert (site.policy, site.q, site.margin) == ("quantile", QUANTILE, MARGIN)
 
 
 def test_scaler_and_threshold_fits() -> None:
