@@ -43,7 +43,6 @@ RULE_META = frozenset({"id", "title", "when", "severity", "technique", "reason",
 MAX_MESSAGES = 3          # messages kept as evidence per finding
 MAX_PER_SOURCE = 4096     # servers/ports remembered per source per window for scan detection
 MAX_PRINTS = 1024         # request fingerprints remembered (all channels) to recognise replays
-MAX_CONNECTIONS = 4096    # connections whose first request id is remembered
 ID_SPAN = 32768           # requests on a channel after which a 16-bit id may have come round
 
 
@@ -149,8 +148,9 @@ class Detector:
         self.known_units: OrderedDict[tuple[str, str], set[int]] = OrderedDict()
         self.max_known = max_known      # clients (and pairs) remembered: limits.max_assets
         # Replays: (channel, request fingerprint) -> (flow id, first request id of that flow,
-        # channel request count); flow id -> [first request id, requests re-sent]; channel ->
-        # requests seen. Kept across windows, bounded, oldest forgotten first.
+        # channel request count), MAX_PRINTS of them; flow id -> [first request id, requests
+        # re-sent] and channel -> requests seen, max_known of each. Kept across windows,
+        # oldest forgotten first.
         self.prints: OrderedDict[tuple, tuple[int, int, int]] = OrderedDict()
         self.connections: OrderedDict[int, list[int]] = OrderedDict()
         self.channel_requests: dict[tuple[str, str, str], int] = {}
@@ -331,7 +331,7 @@ class Detector:
         conn = self.connections.get(flow.flow_id)
         if conn is None:
             conn = self.connections[flow.flow_id] = [rid, 0]
-            if len(self.connections) > MAX_CONNECTIONS:
+            if len(self.connections) > self.max_known:
                 self.connections.popitem(last=False)
         if family not in families:
             return

@@ -5,7 +5,7 @@ import pytest
 
 from edge_agent.agent import Pipeline
 from edge_agent.config import load
-from edge_agent.detect.rules import ID_SPAN, MAX_CONNECTIONS, MAX_PRINTS
+from edge_agent.detect.rules import ID_SPAN, MAX_PRINTS
 from tests.plant import ModbusConversation, frame, ip, polling
 
 HMI, PLC = 1, 2
@@ -155,7 +155,7 @@ def test_replay_tables_stay_bounded_and_forget_the_oldest() -> None:
     writes = requests(packets, 6)
     packets += resend(writes[:5], 100.0, 45000)          # forgotten: pushed out by newer ones
     packets += resend(writes[-5:], 110.0, 45001)         # remembered
-    for n in range(MAX_CONNECTIONS + 100):               # many short connections
+    for n in range(4196):                                # many short connections
         packets += ModbusConversation(3 + n % 200, PLC, cport=20000 + n).read(120.0 + n * 0.001)
     # The HMI's connection, forgotten among them, retries two of its writes: still no replay.
     seq = conv.cseq
@@ -165,7 +165,7 @@ def test_replay_tables_stay_bounded_and_forget_the_oldest() -> None:
     findings, pipe = run(packets)
     det = pipe.detector
     assert len(det.prints) == MAX_PRINTS
-    assert len(det.connections) == MAX_CONNECTIONS
+    assert len(det.connections) == det.max_known == 4096      # limits.max_assets
     assert len(det.channel_requests) <= det.max_known
     (f,) = replays(findings)
     assert f["messages"][0]["src_port"] == 45001
