@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import random
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from edge_agent.decode import cotp
 from edge_agent.decode.cotp import DECODER, TPKT, COTPConnect, COTPData, COTPSession
 from edge_agent.flows.stream import Stream
 from tests.conftest import fixture_pcaps
+from tests.decode import fuzz
 from tests.decode.test_s7comm import (BASELINES, READ_JOB, SETUP_JOB, TSHARK, _all, _find, _pairs,
                                       _zeek_rows, h, needs_tshark, pipeline_records, tpkt)
 
@@ -245,49 +245,36 @@ def test_decoder_registration() -> None:
 
 SEEDS = [CR, CC, MMS_CR, DR, DC, ER, ED, DT_SETUP, MMS_INITIATE, tpkt(READ_JOB),
          tpkt(h("72 03 0000 | 72 03 0000")), tpkt(h("72 ff 01 00"))]
+# COTP carries S7comm, S7comm-plus and MMS, whose messages may also carry COTP's anomalies
+ISO_PREFIXES = ("cotp.", "s7comm.", "s7comm_plus.", "mms.")
 
 
-def _mutate(rng: random.Random, seed: bytes) -> bytes:
-    buf = bytearray(seed)
-    for _ in range(rng.randint(1, 4)):
-        op = rng.randrange(6)
-        if op == 0 and buf:
-            buf[rng.randrange(len(buf))] = rng.randrange(256)
-        elif op == 1 and buf:
-            del buf[rng.randrange(len(buf)):]
-        elif op == 2:
-            buf += bytes(rng.randrange(256) for _ in range(rng.randint(1, 12)))
-        elif op == 3 and len(buf) >= 6:
-            buf[4] = rng.choice((0, 1, 2, 3, 6, 0x11, 0xFF))                  # LI
-        elif op == 4 and len(buf) >= 6:
-            buf[5] = rng.choice((0xE0, 0xD0, 0x80, 0xC0, 0xF0, 0x70, 0x10, 0x60, 0x30))
-        elif op == 5 and len(buf) >= 7:
-            buf[6] = rng.choice((0x00, 0x80, 0x7F))                           # EOT / refs
-    if len(buf) >= 4 and rng.random() < 0.7:
-        buf[2:4] = len(buf).to_bytes(2, "big")                                # TPKT consistent
-    return bytes(buf)
+def _li(rng: random.Random, buf: bytearray) -> None:
+    if len(buf) >= 6:
+        buf[4] = rng.choice((0, 1, 2, 3, 6, 0x11, 0xFF))                  # LI
+
+
+def _tpdu_code(rng: random.Random, buf: bytearray) -> None:
+    if len(buf) >= 6:
+        buf[5] = rng.choice((0xE0, 0xD0, 0x80, 0xC0, 0xF0, 0x70, 0x10, 0x60, 0x30))
+
+
+def _eot(rng: random.Random, buf: bytearray) -> None:
+    if len(buf) >= 7:
+        buf[6] = rng.choice((0x00, 0x80, 0x7F))                           # EOT / refs
+
+
+MUTATE = fuzz.Mutator((fuzz.overwrite, fuzz.truncate, fuzz.append(12), _li, _tpdu_code, _eot),
+                      fix=fuzz.length_field(2, 2, chance=0.7))            # TPKT length
 
 
 def test_fuzz_no_exception_escapes() -> None:
-    rng = random.Random(0x102)
-    s = sess(max_pending=8, max_pdu=2048)
-    start = time.perf_counter()
-    decoded = 0
-    for i in range(100_000):
-        buf = _mutate(rng, rng.choice(SEEDS))
-        pdus, used = DECODER.split(buf)
-        assert used == -1 and pdus == [] or b"".join(pdus) == buf[:used]
-        DECODER.probe(buf[:256])
-        for pdu in pdus + ([buf] if rng.random() < 0.1 else []):
-            for msg in DECODER.safe_feed(s, pdu, rng.random() < 0.5, 0.0):
-                decoded += 1
-                assert not any(a.endswith(".malformed") for a in msg.anomalies), buf.hex()
-        assert s.held_len[True] <= 2048 and s.held_len[False] <= 2048
-        if i % 10_000 == 0:
-            s = sess(max_pending=8, max_pdu=2048)
-    elapsed = time.perf_counter() - start
-    print(f"cotp fuzz: 100000 mutations, {decoded} messages, {elapsed:.1f} s")
-    assert decoded >= 50_000 and elapsed < 30
+    decoded = fuzz.run(
+        DECODER, SEEDS, MUTATE, seed=0x102, session=lambda: sess(max_pending=8, max_pdu=2048),
+        renew=10_000, prefixes=ISO_PREFIXES,
+        units=lambda rng, i, buf: fuzz.framed(DECODER, buf) + ([buf] if rng.random() < 0.1 else []),
+        bounded=lambda s: s.held_len[True] <= 2048 and s.held_len[False] <= 2048)
+    assert decoded >= 50_000
 
 
 # --- real captures ----------------------------------------------------------------------------

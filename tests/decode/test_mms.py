@@ -8,7 +8,6 @@ import json
 import random
 import struct
 import subprocess
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,8 @@ from edge_agent.decode.cotp import DECODER, TPKT, COTPData, COTPSession
 from edge_agent.decode.mms import SPDU, MMSState, SPDUParameter, decode
 from edge_agent.decode.mms_ber import MMS_MAX_ITEMS, BERError, tlv
 from tests.conftest import fixture_pcaps
+from tests.decode import fuzz
+from tests.decode.test_cotp import ISO_PREFIXES
 from tests.decode.test_s7comm import _pairs, h, tpkt
 from tests.test_agreement import TSHARK, agent_records, agreement, needs_tshark
 
@@ -700,49 +701,40 @@ def test_every_truncation_decodes() -> None:
 
 # --- fuzz -------------------------------------------------------------------------------------
 
-def _mutate(rng: random.Random, seed: bytes) -> bytes:
-    buf = bytearray(seed)
-    for _ in range(rng.randint(1, 4)):
-        op = rng.randrange(6)
-        if op == 0 and buf:
-            buf[rng.randrange(len(buf))] = rng.randrange(256)
-        elif op == 1 and buf:
-            del buf[rng.randrange(len(buf)):]
-        elif op == 2:
-            at = rng.randrange(len(buf) + 1)
-            buf[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
-        elif op == 3 and buf:                          # a length octet: short, long, indefinite
-            buf[rng.randrange(len(buf))] = rng.choice((0x00, 0x7F, 0x80, 0x81, 0x82, 0x84,
-                                                       0x85, 0xFF))
-        elif op == 4 and len(buf) > 4:                 # a tag: context, high number, universal
-            buf[rng.randrange(4, len(buf))] = rng.choice((0xA0, 0xA1, 0xA2, 0xBF, 0x80, 0x30,
-                                                          0x1F, 0x61, 0x00))
-        elif op == 5 and len(buf) > 8:                 # splice two halves
-            cut = rng.randrange(len(buf))
-            buf = buf[cut:] + buf[:cut]
-    return bytes(buf)
+def _ber_length(rng: random.Random, buf: bytearray) -> None:
+    if buf:                                        # a length octet: short, long, indefinite
+        buf[rng.randrange(len(buf))] = rng.choice((0x00, 0x7F, 0x80, 0x81, 0x82, 0x84,
+                                                   0x85, 0xFF))
+
+
+def _ber_tag(rng: random.Random, buf: bytearray) -> None:
+    if len(buf) > 4:                               # a tag: context, high number, universal
+        buf[rng.randrange(4, len(buf))] = rng.choice((0xA0, 0xA1, 0xA2, 0xBF, 0x80, 0x30,
+                                                      0x1F, 0x61, 0x00))
+
+
+def _rotate(rng: random.Random, buf: bytearray) -> None:
+    if len(buf) > 8:                               # splice two halves
+        cut = rng.randrange(len(buf))
+        buf[:] = buf[cut:] + buf[:cut]
+
+
+MUTATE = fuzz.Mutator((fuzz.overwrite, fuzz.truncate, fuzz.insert(8), _ber_length, _ber_tag,
+                       _rotate))
+
+
+def _whole_frame(rng: random.Random, i: int, frame: bytes) -> list[bytes]:
+    pdus = fuzz.framed(DECODER, frame)
+    assert b"".join(pdus) == frame
+    return pdus
 
 
 def test_fuzz_no_exception_escapes() -> None:
-    rng = random.Random(0x9506)
-    s = sess(max_pending=8, max_pdu=4096)
-    start = time.perf_counter()
-    decoded = 0
-    for i in range(100_000):
-        frame = tpkt(_mutate(rng, rng.choice(VECTORS)))
-        pdus, used = DECODER.split(frame)
-        assert used == len(frame)
-        for pdu in pdus:
-            for msg in DECODER.safe_feed(s, pdu, rng.random() < 0.5, 0.0):
-                decoded += 1
-                assert not any(a.endswith(".malformed") for a in msg.anomalies), frame.hex()
-                json.dumps(msg.fields, allow_nan=False)
-        assert s.mms is None or len(s.mms.pending) <= 8
-        if i % 10_000 == 0:
-            s = sess(max_pending=8, max_pdu=4096)
-    elapsed = time.perf_counter() - start
-    print(f"mms fuzz: 100000 mutations, {decoded} messages, {elapsed:.1f} s")
-    assert decoded >= 90_000 and elapsed < 30
+    decoded = fuzz.run(DECODER, VECTORS, lambda rng, seed: tpkt(MUTATE(rng, seed)), seed=0x9506,
+                       session=lambda: sess(max_pending=8, max_pdu=4096), renew=10_000,
+                       units=_whole_frame, prefixes=ISO_PREFIXES, check=fuzz.writable,
+                       bounded=lambda s: s.mms is None or len(s.mms.pending) <= 8)
+    assert decoded >= 90_000
 
 
 # --- real captures against tshark -------------------------------------------------------------

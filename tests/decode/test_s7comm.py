@@ -8,7 +8,6 @@ import os
 import random
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from edge_agent.decode import Limits, Message
 from edge_agent.decode.cotp import DECODER, TPKT, COTPData, COTPSession
 from edge_agent.decode.s7comm import S7AckHeader, S7AnyItem, S7Header, S7UserDataParam
 from edge_agent.events import to_record
+from tests.decode import fuzz
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = Path(os.environ.get("EDGE_AGENT_SHARED", ROOT.parent / "shared")) / "fixtures"
@@ -385,48 +385,36 @@ SEEDS = [SETUP_JOB, SETUP_ACK, READ_JOB, READ_ACK, WRITE_JOB, WRITE_ACK, SZL_REQ
          SET_CLOCK_REQ]
 
 
-def _mutate(rng: random.Random, seed: bytes) -> bytes:
-    buf = bytearray(seed)
-    for _ in range(rng.randint(1, 4)):
-        op = rng.randrange(6)
-        if op == 0 and buf:
-            buf[rng.randrange(len(buf))] = rng.randrange(256)
-        elif op == 1 and buf:
-            del buf[rng.randrange(len(buf)):]
-        elif op == 2:
-            buf += bytes(rng.randrange(256) for _ in range(rng.randint(1, 12)))
-        elif op == 3 and len(buf) >= 10:
-            i = rng.choice((6, 8))                                   # param / data lengths
-            buf[i:i + 2] = rng.randrange(0, 300).to_bytes(2, "big")
-        elif op == 4 and len(buf) > 15:
-            buf[rng.choice((1, 10, 11, 12, 13, 14, 15))] = rng.choice((0, 1, 2, 3, 7, 0x12,
-                                                                       0x44, 0x84, 0xFF))
-        elif op == 5 and len(buf) > 16:
-            i = rng.randrange(10, len(buf) - 2)
-            buf[i] = rng.choice((0, 1, 0x0A, 0x10, 0x12, 0xFF))      # counts, lengths, ids
-    return bytes(buf)
+def _lengths(rng: random.Random, buf: bytearray) -> None:
+    if len(buf) >= 10:
+        i = rng.choice((6, 8))                                   # param / data lengths
+        buf[i:i + 2] = rng.randrange(0, 300).to_bytes(2, "big")
+
+
+def _header_octet(rng: random.Random, buf: bytearray) -> None:
+    if len(buf) > 15:
+        buf[rng.choice((1, 10, 11, 12, 13, 14, 15))] = rng.choice((0, 1, 2, 3, 7, 0x12,
+                                                                   0x44, 0x84, 0xFF))
+
+
+def _item_octet(rng: random.Random, buf: bytearray) -> None:
+    if len(buf) > 16:
+        i = rng.randrange(10, len(buf) - 2)
+        buf[i] = rng.choice((0, 1, 0x0A, 0x10, 0x12, 0xFF))      # counts, lengths, ids
+
+
+MUTATE = fuzz.Mutator((fuzz.overwrite, fuzz.truncate, fuzz.append(12), _lengths, _header_octet,
+                       _item_octet))
 
 
 def test_fuzz_no_exception_escapes() -> None:
-    rng = random.Random(0x5337)
-    sess = session(max_pending=8, max_pdu=4096)
-    start = time.perf_counter()
-    decoded = 0
-    for i in range(100_000):
-        frame = tpkt(_mutate(rng, rng.choice(SEEDS)), eot=rng.random() < 0.95)
-        pdus, used = DECODER.split(frame)
-        for pdu in pdus:
-            for msg in DECODER.safe_feed(sess, pdu, rng.random() < 0.5, 0.0):
-                decoded += 1
-                assert msg.anomalies == () or all(
-                    a.startswith(("s7comm.", "s7comm_plus.", "cotp.")) for a in msg.anomalies)
-                assert "cotp.malformed" not in msg.anomalies, frame.hex()
-        if i % 5000 == 0:
-            sess = session(max_pending=8, max_pdu=4096)
-        assert sess.s7 is None or len(sess.s7.pending) <= 8
-    elapsed = time.perf_counter() - start
-    print(f"s7comm fuzz: 100000 mutations, {decoded} messages, {elapsed:.1f} s")
-    assert decoded >= 90_000 and elapsed < 30
+    decoded = fuzz.run(
+        DECODER, SEEDS, lambda rng, seed: tpkt(MUTATE(rng, seed), eot=rng.random() < 0.95),
+        seed=0x5337, session=lambda: session(max_pending=8, max_pdu=4096), renew=5000,
+        units=lambda rng, i, frame: fuzz.framed(DECODER, frame),
+        prefixes=("s7comm.", "s7comm_plus.", "cotp."),
+        bounded=lambda s: s.s7 is None or len(s.s7.pending) <= 8)
+    assert decoded >= 90_000
 
 
 # --- real captures ----------------------------------------------------------------------------

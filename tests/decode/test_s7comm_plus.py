@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 import subprocess
-import time
 from typing import Any
 
 import pytest
@@ -14,6 +13,8 @@ from edge_agent.decode import Limits, Message
 from edge_agent.decode import cotp
 from edge_agent.decode.cotp import DECODER, COTPSession
 from edge_agent.decode.s7comm_plus import S7PlusHeader, S7PlusRequest, S7PlusResponse
+from tests.decode import fuzz
+from tests.decode.test_cotp import ISO_PREFIXES
 from tests.decode.test_s7comm import (BASELINES, PCAPS, TSHARK, _zeek_rows, h, needs_fixtures,
                                       pipeline_records, tpkt)
 
@@ -252,44 +253,36 @@ SEEDS = [NOTIFICATION, SET_VARIABLE, GET_MULTI, GET_MULTI_RESP, h("72 ff 05 00")
          v1("31 0000 04ca 0000 0001 00000120 36 00"), v1("8c 01", version=0xFE)]
 
 
-def _mutate(rng: random.Random, seed: bytes) -> bytes:
-    buf = bytearray(seed)
-    for _ in range(rng.randint(1, 4)):
-        op = rng.randrange(6)
-        if op == 0 and buf:
-            buf[rng.randrange(len(buf))] = rng.randrange(256)
-        elif op == 1 and buf:
-            del buf[rng.randrange(len(buf)):]
-        elif op == 2:
-            buf += bytes(rng.randrange(256) for _ in range(rng.randint(1, 12)))
-        elif op == 3 and len(buf) >= 4:
-            buf[2:4] = rng.randrange(0, 200).to_bytes(2, "big")      # data length
-        elif op == 4 and len(buf) >= 2:
-            buf[1] = rng.choice((1, 2, 3, 0xFE, 0xFF, 7))            # version
-        elif op == 5 and len(buf) > 40:
-            buf[37] = rng.choice((0x31, 0x32, 0x33, 0x02, 0x99))      # opcode
-    return bytes(buf)
+def _data_length(rng: random.Random, buf: bytearray) -> None:
+    if len(buf) >= 4:
+        buf[2:4] = rng.randrange(0, 200).to_bytes(2, "big")      # data length
+
+
+def _version(rng: random.Random, buf: bytearray) -> None:
+    if len(buf) >= 2:
+        buf[1] = rng.choice((1, 2, 3, 0xFE, 0xFF, 7))
+
+
+def _opcode(rng: random.Random, buf: bytearray) -> None:
+    if len(buf) > 40:
+        buf[37] = rng.choice((0x31, 0x32, 0x33, 0x02, 0x99))
+
+
+MUTATE = fuzz.Mutator((fuzz.overwrite, fuzz.truncate, fuzz.append(12), _data_length, _version,
+                       _opcode))
+
+
+def _bounded(s: COTPSession) -> bool:
+    return s.plus is None or (len(s.plus.pending) <= 8
+                              and all(len(d) <= 1024 for d, _ in s.plus.fragments.values()))
 
 
 def test_fuzz_no_exception_escapes() -> None:
-    rng = random.Random(0x72)
-    s = sess(max_pending=8, max_pdu=1024)
-    start = time.perf_counter()
-    decoded = 0
-    for i in range(100_000):
-        frame = tpkt(_mutate(rng, rng.choice(SEEDS)))
-        pdus, _ = DECODER.split(frame)
-        for pdu in pdus:
-            for msg in DECODER.safe_feed(s, pdu, rng.random() < 0.5, 0.0):
-                decoded += 1
-                assert not any(a.endswith(".malformed") for a in msg.anomalies), frame.hex()
-        assert s.plus is None or (len(s.plus.pending) <= 8 and all(
-            len(d) <= 1024 for d, _ in s.plus.fragments.values()))
-        if i % 10_000 == 0:
-            s = sess(max_pending=8, max_pdu=1024)
-    elapsed = time.perf_counter() - start
-    print(f"s7comm_plus fuzz: 100000 mutations, {decoded} messages, {elapsed:.1f} s")
-    assert decoded >= 50_000 and elapsed < 30
+    decoded = fuzz.run(DECODER, SEEDS, lambda rng, seed: tpkt(MUTATE(rng, seed)), seed=0x72,
+                       session=lambda: sess(max_pending=8, max_pdu=1024), renew=10_000,
+                       units=lambda rng, i, frame: fuzz.framed(DECODER, frame),
+                       prefixes=ISO_PREFIXES, bounded=_bounded)
+    assert decoded >= 50_000
 
 
 # --- the real capture -------------------------------------------------------------------------
