@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 import struct
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from edge_agent.decode import Limits, Message
 from edge_agent.decode.omron_fins import (DECODER, FINS_COMMANDS, FINSHeader, FINSTCPHeader,
                                           OmronFINSSession)
 from tests.conftest import BASELINES, fixture_pcaps
+from tests.decode import fuzz
 from tests.test_agreement import agent_records, agreement, needs_tshark, tshark_rows
 
 PCAPS = fixture_pcaps("omron_fins")
@@ -223,47 +223,34 @@ def test_every_truncation_decodes() -> None:
 
 # --- fuzz -------------------------------------------------------------------------------------
 
-def _mutate(rng: random.Random, seed: bytes) -> bytes:
-    buf = bytearray(seed)
-    for _ in range(rng.randint(1, 4)):
-        op = rng.randrange(5)
-        if op == 0 and buf:
-            buf[rng.randrange(len(buf))] = rng.randrange(256)
-        elif op == 1 and buf:
-            del buf[rng.randrange(len(buf)):]
-        elif op == 2:
-            pos = rng.randrange(len(buf) + 1)
-            buf[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
-        elif op == 3 and len(buf) >= 12:                  # any command code
-            pos = 26 if buf[:4] == b"FINS" and len(buf) >= 28 else 10
-            buf[pos:pos + 2] = rng.choice(list(FINS_COMMANDS)).to_bytes(2, "big")
-        elif op == 4 and buf:
-            buf[0] = rng.choice((0x80, 0xC0, 0xC1, 0x81, 0x46))
+def _command(rng: random.Random, buf: bytearray) -> None:
+    if len(buf) >= 12:                                # any command code
+        pos = 26 if buf[:4] == b"FINS" and len(buf) >= 28 else 10
+        buf[pos:pos + 2] = rng.choice(list(FINS_COMMANDS)).to_bytes(2, "big")
+
+
+def _icf(rng: random.Random, buf: bytearray) -> None:
+    if buf:
+        buf[0] = rng.choice((0x80, 0xC0, 0xC1, 0x81, 0x46))
+
+
+def _fins_tcp_length(rng: random.Random, buf: bytearray) -> None:
     if buf[:4] == b"FINS" and len(buf) >= 8 and rng.random() < 0.7:
         buf[4:8] = struct.pack(">I", len(buf) - 8)
-    return bytes(buf)
+
+
+MUTATE = fuzz.Mutator((fuzz.overwrite, fuzz.truncate, fuzz.insert(8), _command, _icf),
+                      fix=_fins_tcp_length)
 
 
 def test_fuzz_no_exception_escapes() -> None:
-    rng = random.Random(0x2580)
     seeds = [RUN, RUN_RESPONSE, READ_DM, READ_DM_RESPONSE, tcp(READ_DM), tcp(h("00000000"), 0),
              h("c0 00 02 000a00 000100 05 | 0501 | 0000") + bytes(92),
              h("80 00 02 000100 000a00 14 | 0104 | 82 0000 00 | b0 0001 00"),
              h("c0 00 02 000a00 000100 07 | 0701 | 0000 | 24 03 15 13 45 30 05")]
-    sess = DECODER.session(Limits(max_pending=8))
-    start = time.perf_counter()
-    for _ in range(100_000):
-        buf = _mutate(rng, rng.choice(seeds))
-        pdus, used = DECODER.split(buf)
-        assert used == -1 and pdus == [] or b"".join(pdus) == buf[:used]
-        DECODER.probe(buf[:256])
-        for pdu in pdus or [buf]:
-            for m in DECODER.safe_feed(sess, pdu, rng.random() < 0.5, 0.0):
-                assert "omron_fins.malformed" not in m.anomalies, pdu.hex()
-        assert len(sess.pending) <= 8
-    elapsed = time.perf_counter() - start
-    print(f"omron_fins fuzz: 100000 inputs in {elapsed:.1f}s")
-    assert elapsed < 30
+    fuzz.run(DECODER, seeds, MUTATE, seed=0x2580,
+             session=lambda: DECODER.session(Limits(max_pending=8)),
+             bounded=lambda s: len(s.pending) <= 8)
 
 
 # --- real captures ----------------------------------------------------------------------------

@@ -2,9 +2,9 @@
 anomalies, a fuzz run, and whole captures against tshark and the ICSNPP baselines."""
 from __future__ import annotations
 
+import itertools
 import random
 import struct
-import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -14,6 +14,7 @@ from edge_agent.decode import Limits, Message
 from edge_agent.decode.opcua import DECODER, OPCUASession, UAHeader, UAHello, UASymmetricHeader
 from edge_agent.decode.opcua_types import UA_SERVICES, policy_name, vendor_of
 from tests.conftest import BASELINES, fixture_pcaps
+from tests.decode import fuzz
 from tests.test_agreement import agent_records, agreement, needs_tshark, tshark_rows
 
 PCAPS = fixture_pcaps("opcua")
@@ -481,53 +482,37 @@ def test_every_truncation_decodes() -> None:
 
 # --- fuzz --------------------------------------------------------------------------------------
 
-def _mutate(rng: random.Random, seed: bytes) -> bytes:
-    buf = bytearray(seed)
-    for _ in range(rng.randint(1, 4)):
-        op = rng.randrange(6)
-        if op == 0 and buf:
-            buf[rng.randrange(len(buf))] = rng.randrange(256)
-        elif op == 1 and buf:
-            del buf[rng.randrange(len(buf)):]
-        elif op == 2:
-            pos = rng.randrange(len(buf) + 1)
-            buf[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
-        elif op == 3 and len(buf) > 28:
-            pos = rng.randrange(8, len(buf) - 4)      # a length or count field gone wild
-            buf[pos:pos + 4] = rng.choice((b"\xff\xff\xff\xff", b"\xff\xff\xff\x7f",
-                                           b"\x00\x01\x00\x00", b"\x05\x00\x00\x00"))
-        elif op == 4 and len(buf) > 30:
-            buf[rng.randrange(24, len(buf))] = rng.choice((0, 1, 2, 3, 4, 5, 0x40, 0x80, 0xff))
-        elif op == 5:
-            buf[3:4] = rng.choice((b"F", b"C", b"A", b"X"))
-    if len(buf) >= 8 and rng.random() < 0.7:
-        buf[4:8] = struct.pack("<I", len(buf))        # keep the size consistent
-    return bytes(buf)
+def _length(rng: random.Random, buf: bytearray) -> None:
+    if len(buf) > 28:
+        pos = rng.randrange(8, len(buf) - 4)      # a length or count field gone wild
+        buf[pos:pos + 4] = rng.choice((b"\xff\xff\xff\xff", b"\xff\xff\xff\x7f",
+                                       b"\x00\x01\x00\x00", b"\x05\x00\x00\x00"))
+
+
+def _small_octet(rng: random.Random, buf: bytearray) -> None:
+    if len(buf) > 30:
+        buf[rng.randrange(24, len(buf))] = rng.choice((0, 1, 2, 3, 4, 5, 0x40, 0x80, 0xff))
+
+
+def _chunk_type(rng: random.Random, buf: bytearray) -> None:
+    buf[3:4] = rng.choice((b"F", b"C", b"A", b"X"))
+
+
+MUTATE = fuzz.Mutator((fuzz.overwrite, fuzz.truncate, fuzz.insert(8), _length, _small_octet,
+                       _chunk_type),
+                      fix=fuzz.length_field(4, 4, order="little", chance=0.7))   # message size
 
 
 def test_fuzz_no_exception_escapes() -> None:
-    rng = random.Random(0x4F5043)
     seeds = [HELLO, ACK, OPN_NONE_REQUEST, OPN_NONE_RESPONSE, READ_REQUEST, READ_RESPONSE,
              _opn_secure("Basic256Sha256")]
-    sess = _none_channel()
-    start = time.perf_counter()
-    decoded = malformed = 0
-    for i in range(100_000):
-        if i % 5000 == 0:
-            sess = _none_channel() if i % 10000 else DECODER.session(Limits(max_pending=8))
-        buf = _mutate(rng, rng.choice(seeds))
-        pdus, used = DECODER.split(buf)
-        assert used == -1 and pdus == [] or b"".join(pdus) == buf[:used]
-        DECODER.probe(buf[:256])
-        for pdu in pdus or [buf]:
-            for m in DECODER.safe_feed(sess, pdu, rng.random() < 0.5, 0.0):
-                decoded += 1
-                malformed += "opcua.malformed" in m.anomalies
-                assert all(a.startswith("opcua.") for a in m.anomalies)
-        assert len(sess.partial[True]) <= max(8, Limits().max_pending)
-    elapsed = time.perf_counter() - start
-    print(f"opcua fuzz: 100000 inputs, {decoded} messages in {elapsed:.1f}s")
-    assert decoded >= 100_000 and malformed == 0 and elapsed < 30
+    # a fresh session every 5000 inputs: one that has seen no Hello, then an open None channel
+    kinds = itertools.cycle((lambda: DECODER.session(Limits(max_pending=8)), _none_channel))
+    most = max(8, Limits().max_pending)
+    decoded = fuzz.run(DECODER, seeds, MUTATE, seed=0x4F5043, renew=5000,
+                       session=lambda: next(kinds)(),
+                       bounded=lambda s: len(s.partial[True]) <= most)
+    assert decoded >= 100_000
 
 
 # --- real captures -----------------------------------------------------------------------------
