@@ -155,6 +155,6 @@ def run(decoder: Decoder, seeds: Sequence[bytes], mutate: Callable[[random.Rando
                 assert check is None or check(msg), (msg, pdu.hex())
         assert bounded is None or bounded(sess), f"state past its bounds after {buf.hex()}"
     elapsed = time.perf_counter() - start
+    # printed, not asserted: speed is scripts/bench's business (a loaded CI box is slow)
     print(f"{decoder.name} fuzz: {n} inputs, {messages} messages in {elapsed:.1f} s")
-    assert elapsed < 30
     return messages
