@@ -239,7 +239,8 @@ class Pipeline:
         # The rules, which count events, still see it.
         scores = (self.scorer.score(vectors)
                   if complete and self.scorer is not None and vectors else None)
-        self._found(self.detector.on_window(vectors, scores, self.last_ts))
+        calibrated = self.scorer is not None and self.scorer.site_fitted
+        self._found(self.detector.on_window(vectors, scores, self.last_ts, calibrated))
         flows, folded = self.table.drain_window()
         self.inventory.observe_flows(flows, self.last_ts)
         body = build.build(self.window, flows, self.health(), self.max_summary_flows, complete,

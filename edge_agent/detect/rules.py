@@ -453,7 +453,10 @@ class Detector:
     # -- per window --------------------------------------------------------------------------
 
     def on_window(self, vectors: list[ChannelVector], scores: list[Any] | None,
-                  now: float) -> list[Finding]:
+                  now: float, calibrated: bool = True) -> list[Finding]:
+        """Window rules over the channel vectors, and the model's verdicts. A model not yet
+        calibrated to the site (its prebuilt scaler and threshold come from other plants: a
+        SCADA polling a hundred PLCs is far outside them) only reports, at low severity."""
         new: list[Finding] = []
         for i, v in enumerate(vectors):
             client, server, proto = v.key
@@ -477,7 +480,8 @@ class Detector:
                 s = scores[i]
                 for rule in self.kinds["model"]:
                     top = ", ".join(e["feature"] for e in s.explanation)
-                    sev = "high" if s.score > 3 * s.threshold else rule.severity
+                    sev = ("low" if not calibrated else
+                           "high" if s.score > 3 * s.threshold else rule.severity)
                     f = self._find(replace(rule, severity=sev), f"score {s.score:.3g} > "
                                    f"{s.threshold:.3g}; top features: {top}", now, src=client,
                                    dst=server, proto=proto, flow_ids=list(v.flow_ids),

@@ -81,3 +81,23 @@ def test_a_window_cut_by_time_stepping_back_is_incomplete_and_not_scored(scorer:
     assert hmi.rate == pytest.approx(80 / (39.01 / 60))
     # The second capture's windows follow as usual; its last one is the run's incomplete end.
     assert [s["window"]["complete"] for s in summaries[2:]] == [True, True, False]
+
+
+def test_the_prebuilt_model_only_reports_until_the_site_calibrates_it(scorer: Scorer) -> None:
+    """The prebuilt scaler and threshold come from other plants: before a site calibration a
+    model finding is low (never an alert); calibrated on the site's own polling, the same probe
+    is judged at the rule's severity or above."""
+    poll = polling(ModbusConversation(HMI, PLC), T0, 400.0)
+    traffic = sorted(poll + probe(T0 + 200.0), key=lambda p: p[0])
+
+    def model_findings(s: Scorer) -> list[dict[str, Any]]:
+        summaries, _ = run(traffic, s)
+        return [f for f in summaries[3]["findings"] if f["rule"] == "model_anomaly"]
+
+    prebuilt = model_findings(scorer)
+    assert prebuilt and {f["severity"] for f in prebuilt} == {"low"}, prebuilt
+    _, windows = run(polling(ModbusConversation(HMI, PLC), T0 - 3600.0, 1800.0), scorer)
+    normal = [v for w in windows[:-1] for v in w]
+    site = scorer.with_site(*scorer.fit_site(normal))
+    calibrated = model_findings(site)
+    assert calibrated and {f["severity"] for f in calibrated} <= {"medium", "high"}, calibrated

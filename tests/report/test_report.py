@@ -33,6 +33,7 @@ import dpkt
 import pytest
 
 from edge_agent.cli import main
+from edge_agent.report.plant import MAX_FINDING_ROWS
 from tests.conftest import PCAPS, ROOT
 
 pytest.importorskip("pygal", reason="the report extra is not installed: "
@@ -498,11 +499,15 @@ def test_state_dir(plant_state: Path, tmp_path: Path, browser: Browser) -> None:
     # identity read with Modbus device identification reaches the inventory
     row = next(r for r in facts["inventory"] if r["ip"] == "10.20.1.10")
     assert "Schneider Electric" in row["text"] and "v3.20" in row["text"]
-    # every finding of the spool is listed (folded across windows)
+    # the findings of the spool are listed (folded across windows), the most severe first: the
+    # prebuilt model's low findings about this large plant pass the page's bound
     listed = {(f["rule"], f["src"], f["dst"]) for f in facts["findings"]}
     stored = {(f["rule"], f.get("src_ip") or "", f.get("dest_ip") or "")
               for s in summaries for f in s["findings"]}
-    assert listed == stored
+    severe = {(f["rule"], f.get("src_ip") or "", f.get("dest_ip") or "")
+              for s in summaries for f in s["findings"] if f["severity"] != "low"}
+    assert severe and severe <= listed <= stored
+    assert len(listed) == min(len(stored), MAX_FINDING_ROWS)
     assert facts["verdicts"][0].startswith("INTACT")
     browser.screenshot(tmp_path / "state.png")
 
