@@ -27,7 +27,8 @@ else:  # pragma: no cover
 
 # 2: the decayed mean rate behind ``rate_dev`` (and ``ChannelVector.mean_rate``) follows a
 # window's rate only within a factor RATE_CLAMP of itself, so version 1 models are refused.
-FEATURE_VERSION = 2
+# 3: ``session`` messages (connection set-up, keep-alive) count only as traffic (observe).
+FEATURE_VERSION = 3
 FEATURE_NAMES: tuple[str, ...] = (
     "msg_rate_log",       # log1p(messages per minute)
     "req_rate_log",       # log1p(requests per minute)
@@ -211,6 +212,19 @@ class FeatureTracker:
         ch.anomalies += len(msg.anomalies)
         fields = msg.fields
         base = base_kind(kind)
+        fam = self.families.get((msg.proto, base), "other")
+        if fam == "session":
+            # Connection set-up and keep-alive is the link's housekeeping, not what the
+            # application does: it counts as traffic (rates, sizes, the flow's families) but
+            # not in request timing, replies, functions or family shares, so a routine
+            # reconnect does not look unlike steady polling. A refused set-up (a failed
+            # log-in) still counts as an error reply.
+            wf = ev.flow.w_fam
+            wf[fam] = wf.get(fam, 0) + 1
+            if msg.is_request is False and is_error(msg.proto, kind, fields):
+                ch.replies += 1
+                ch.errors += 1
+            return
         if msg.is_request is False:
             ch.replies += 1
             if is_error(msg.proto, kind, fields):
@@ -225,7 +239,6 @@ class FeatureTracker:
                 ch.iat_mean += delta / ch.iat_n
                 ch.iat_m2 += delta * (gap - ch.iat_mean)
             ch.last_req = ev.ts
-        fam = self.families.get((msg.proto, base), "other")
         ch.families[fam] = ch.families.get(fam, 0) + 1
         wf = ev.flow.w_fam
         wf[fam] = wf.get(fam, 0) + 1

@@ -1,11 +1,16 @@
 """The decayed mean rate behind ``rate_dev``: one burst or lull moves it only so far, a lasting
 change is still followed, a channel's first windows set it freely. Modbus/TCP frames
-(tests/plant.py) through the pipeline, one channel polled at a given count per window."""
+(tests/plant.py) through the pipeline, one channel polled at a given count per window. And
+connection set-up (the ``session`` family) counts as traffic, not as polling (real stacks'
+capture)."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
 from edge_agent.agent import Pipeline
+from edge_agent.capture.source import FileSource
 from edge_agent.config import load
 from edge_agent.features.extract import EWMA_ALPHA, INDEX, RATE_CLAMP, ChannelVector
 from tests.plant import ModbusConversation
@@ -83,3 +88,23 @@ def test_a_channel_that_starts_late_in_a_window_reaches_its_rate() -> None:
     assert vs[0].rate == pytest.approx(12.0) and vs[1].mean_rate == pytest.approx(12.0)
     assert [v.rate for v in vs[1:6]] == pytest.approx([120.0] * 5, rel=0.02)
     assert vs[5].mean_rate > 55.0
+
+
+def test_connection_set_up_counts_as_traffic_not_as_polling() -> None:
+    # Real stacks (models/training/plant-normal.pcap): the IEC-104 client opens its link with
+    # STARTDT (session), then interrogates once a minute; S7 opens with a COTP connect. The
+    # set-up window's request timing and functions are those of steady polling, and the COTP
+    # channel (nothing but set-up) is traffic without requests, replies or functions.
+    capture = Path(__file__).resolve().parents[2] / "models" / "training" / "plant-normal.pcap"
+    windows: list[list[ChannelVector]] = []
+    pipe = Pipeline(load().with_overrides({"summary.window_s": WINDOW}), on_window=windows.append)
+    pipe.run(FileSource([str(capture)]))
+    iec = [v for vs in windows for v in vs if v.key[2] == "iec104"]
+    assert len(iec) >= 5 and iec[0].values[INDEX["channel_new"]] == 1.0
+    for name in ("func_distinct_log", "iat_cv", "reply_ratio"):
+        steady = {round(v.values[INDEX[name]], 6) for v in iec[1:-1]}
+        assert steady == {round(iec[0].values[INDEX[name]], 6)}, (name, steady, iec[0].values)
+    cotp = [v for vs in windows for v in vs if v.key[2] == "cotp"]
+    assert cotp and cotp[0].messages >= 2 and cotp[0].values[INDEX["msg_rate_log"]] > 0
+    for name in ("req_rate_log", "func_distinct_log", "reply_ratio", "error_rate"):
+        assert cotp[0].values[INDEX[name]] == 0.0, name
