@@ -213,22 +213,20 @@ class FeatureTracker:
         fields = msg.fields
         base = base_kind(kind)
         fam = self.families.get((msg.proto, base), "other")
-        if fam == "session":
-            # Connection set-up and keep-alive is the link's housekeeping, not what the
-            # application does: it counts as traffic (rates, sizes, the flow's families) but
-            # not in request timing, replies, functions or family shares, so a routine
-            # reconnect does not look unlike steady polling. A refused set-up (a failed
-            # log-in) still counts as an error reply.
-            wf = ev.flow.w_fam
-            wf[fam] = wf.get(fam, 0) + 1
-            if msg.is_request is False and is_error(msg.proto, kind, fields):
-                ch.replies += 1
-                ch.errors += 1
-            return
         if msg.is_request is False:
-            ch.replies += 1
-            if is_error(msg.proto, kind, fields):
-                ch.errors += 1
+            # Connection set-up and keep-alive (the session family) is the link's housekeeping:
+            # its replies count only when they refuse (a failed log-in is an error reply).
+            error = is_error(msg.proto, kind, fields)
+            if error or fam != "session":
+                ch.replies += 1
+                ch.errors += error
+            return
+        wf = ev.flow.w_fam
+        wf[fam] = wf.get(fam, 0) + 1
+        if fam == "session":
+            # It counts as traffic (rates, sizes, the flow's families) but not in request
+            # timing, functions or family shares, so a routine reconnect does not look unlike
+            # steady polling.
             return
         if msg.is_request:
             ch.reqs += 1
@@ -240,8 +238,6 @@ class FeatureTracker:
                 ch.iat_m2 += delta * (gap - ch.iat_mean)
             ch.last_req = ev.ts
         ch.families[fam] = ch.families.get(fam, 0) + 1
-        wf = ev.flow.w_fam
-        wf[fam] = wf.get(fam, 0) + 1
         if base not in ch.funcs and len(ch.funcs) < MAX_SET:
             ch.funcs.add(base)
         addr = address_of(fields)
